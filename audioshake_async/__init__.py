@@ -1,0 +1,87 @@
+"""asyncio-native client and concurrent batch engine for the AudioShake API.
+
+    async with AudioShake() as client:
+        asset = await client.assets.upload("song.wav")
+        task = await client.tasks.create(asset_id=asset.id, targets=[Target("vocals", ["wav"])])
+        task = await client.tasks.wait(task.id)
+        files = await client.download(task, "stems")
+"""
+
+from ._download import DownloadedFile
+from ._protocol import PollPolicy, RetryPolicy
+from ._version import __version__
+from .client import AudioShake
+from .errors import (
+    AmbiguousRequestError,
+    APIConnectionError,
+    APIError,
+    APITimeoutError,
+    AudioShakeError,
+    AuthenticationError,
+    BadRequestError,
+    ConfigurationError,
+    DownloadError,
+    InsufficientCreditsError,
+    NotFoundError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    RateLimitError,
+    ResponseParseError,
+    ServerError,
+    TaskFailedError,
+    TaskTimeoutError,
+    UnprocessableEntityError,
+    ValidationError,
+)
+from .models import (
+    Asset,
+    Model,
+    ModelInput,
+    Output,
+    Target,
+    TargetError,
+    TargetResult,
+    TargetStatus,
+    Task,
+    UsageMonth,
+    Webhook,
+)
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APITimeoutError",
+    "AmbiguousRequestError",
+    "Asset",
+    "AudioShake",
+    "AudioShakeError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ConfigurationError",
+    "DownloadError",
+    "DownloadedFile",
+    "InsufficientCreditsError",
+    "Model",
+    "ModelInput",
+    "NotFoundError",
+    "Output",
+    "PayloadTooLargeError",
+    "PermissionDeniedError",
+    "PollPolicy",
+    "RateLimitError",
+    "ResponseParseError",
+    "RetryPolicy",
+    "ServerError",
+    "Target",
+    "TargetError",
+    "TargetResult",
+    "TargetStatus",
+    "Task",
+    "TaskFailedError",
+    "TaskTimeoutError",
+    "UnprocessableEntityError",
+    "UsageMonth",
+    "ValidationError",
+    "Webhook",
+    "__version__",
+]

@@ -1,0 +1,233 @@
+"""Downloads that never leave a partial file under its final name.
+
+Bytes stream into a hidden ``.<name>.part`` file in the destination directory; the byte count is
+checked against ``Content-Length`` and the file is renamed into place only when complete. A
+truncated or failed transfer resumes with ``Range`` when the server supports it (else restarts);
+a 403 (signed links expire after an hour) asks the caller for a fresh link.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import pathlib
+import random
+import re
+from collections.abc import Awaitable, Callable
+from typing import IO, Any
+
+import anyio
+import anyio.to_thread
+import attrs
+
+from . import errors
+from ._protocol import RetryPolicy, is_retryable_status, redact_url
+from ._transport import Transport
+
+__all__ = ["DownloadedFile", "fetch_to_file"]
+
+logger = logging.getLogger("audioshake_async")
+
+#: Writes are batched to this size so one thread hop covers many network chunks.
+WRITE_BATCH = 1 << 20
+MAX_REDIRECTS = 5
+MAX_LINK_REFRESHES = 3
+
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+
+#: Called with (bytes written so far, total bytes or None).
+DownloadProgress = Callable[[int, "int | None"], None]
+#: Returns a fresh link for the same output (by re-fetching the task).
+LinkRefresher = Callable[[], Awaitable[str]]
+
+
+@attrs.frozen
+class DownloadedFile:
+    """A file written completely: its final path, size and SHA-256 (when computed)."""
+
+    path: pathlib.Path
+    size: int
+    sha256: str | None
+
+
+class _Truncated(Exception):
+    """The body ended before Content-Length bytes arrived."""
+
+
+@attrs.define
+class _PartFile:
+    """The hidden file being written, and what is known about the transfer so far."""
+
+    handle: IO[bytes]
+    checksum: bool
+    written: int = 0
+    accepts_ranges: bool = False
+    etag: str | None = None
+    digest: Any = None
+
+    def __attrs_post_init__(self) -> None:
+        self.digest = hashlib.sha256() if self.checksum else None
+
+    def write(self, data: bytes) -> None:
+        """Append (runs in a worker thread)."""
+        self.handle.write(data)
+        if self.digest is not None:
+            self.digest.update(data)
+
+    def restart(self) -> None:
+        """Drop what was written (runs in a worker thread)."""
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.written = 0
+        self.digest = hashlib.sha256() if self.checksum else None
+
+
+def _open_part(path: pathlib.Path) -> IO[bytes]:
+    return open(path, "wb")
+
+
+async def fetch_to_file(
+    transport: Transport,
+    link: str,
+    destination: pathlib.Path,
+    *,
+    refresh: LinkRefresher | None = None,
+    retry: RetryPolicy | None = None,
+    checksum: bool = True,
+    progress: DownloadProgress | None = None,
+) -> DownloadedFile:
+    """Download ``link`` to ``destination`` atomically, with resume, retries and link refresh."""
+    policy = retry or transport.retry
+    await anyio.to_thread.run_sync(lambda: destination.parent.mkdir(parents=True, exist_ok=True))
+    part_path = destination.with_name(f".{destination.name}.part")
+    part = _PartFile(await anyio.to_thread.run_sync(_open_part, part_path), checksum)
+    failures = 0
+    refreshes = 0
+    current = link
+    completed = False
+    try:
+        while True:
+            try:
+                status = await _attempt(transport, current, part, progress)
+            except (_Truncated, errors.APIConnectionError) as exc:
+                status, reason = 0, str(exc) or type(exc).__name__
+            else:
+                if status in (200, 206):
+                    completed = True
+                    break
+                reason = f"HTTP {status}"
+            if status in (401, 403) and refresh is not None:
+                if refreshes >= MAX_LINK_REFRESHES:
+                    raise errors.DownloadError(
+                        f"{destination.name}: link still refused after {refreshes} refreshes"
+                    )
+                refreshes += 1
+                logger.info(
+                    "download link for %s refused (%s); fetching a fresh one",
+                    destination.name,
+                    reason,
+                )
+                current = await refresh()
+                continue
+            if status and not is_retryable_status(status):
+                raise errors.DownloadError(
+                    f"{destination.name}: {redact_url(current)} answered {reason}"
+                )
+            failures += 1
+            if failures > policy.max_retries:
+                raise errors.DownloadError(
+                    f"{destination.name}: gave up after {failures} attempts ({reason})"
+                )
+            if part.written and not part.accepts_ranges:
+                await anyio.to_thread.run_sync(part.restart)
+            delay = policy.delay(failures, random.random())
+            logger.info(
+                "retrying download of %s after %s in %.2f s", destination.name, reason, delay
+            )
+            await anyio.sleep(delay)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(part.handle.close)
+            if not completed:
+                with contextlib.suppress(OSError):
+                    await anyio.to_thread.run_sync(part_path.unlink)
+    with anyio.CancelScope(shield=True):
+        try:
+            await anyio.to_thread.run_sync(os.replace, part_path, destination)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                await anyio.to_thread.run_sync(part_path.unlink)
+            raise
+    sha256 = part.digest.hexdigest() if part.digest is not None else None
+    return DownloadedFile(destination, part.written, sha256)
+
+
+async def _attempt(
+    transport: Transport,
+    url: str,
+    part: _PartFile,
+    progress: DownloadProgress | None,
+) -> int:
+    """One GET (following redirects) appended to ``part``; returns the final HTTP status.
+
+    Raises _Truncated or APIConnectionError when the body ends early; ``part.written`` then
+    counts every byte kept, so the next attempt resumes right after them.
+    """
+    headers: dict[str, str] = {}
+    if part.written and part.accepts_ranges:
+        headers["Range"] = f"bytes={part.written}-"
+        if part.etag:
+            headers["If-Range"] = part.etag
+    for _ in range(MAX_REDIRECTS + 1):
+        async with transport.open_download(url, headers) as response:
+            status = response.status
+            if status in (301, 302, 303, 307, 308) and "Location" in response.headers:
+                # Followed by hand so the credential is re-decided for each host.
+                url = str(response.headers["Location"])
+                continue
+            if response.headers.get("Accept-Ranges", "").lower() == "bytes":
+                part.accepts_ranges = True
+            part.etag = response.headers.get("ETag") or part.etag
+            if status not in (200, 206):
+                return status
+            total: int | None = None
+            if status == 206:
+                match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
+                if not match or int(match.group(1)) != part.written:
+                    # Not the piece asked for: start again from zero, without Range.
+                    await anyio.to_thread.run_sync(part.restart)
+                    part.accepts_ranges = False
+                    raise _Truncated("server sent an unexpected byte range")
+                total = int(match.group(3)) if match.group(3) != "*" else None
+            else:
+                if part.written:
+                    await anyio.to_thread.run_sync(part.restart)
+                length = response.headers.get("Content-Length")
+                total = int(length) if length and length.isdigit() else None
+            batch = bytearray()
+            try:
+                async for chunk in response.iter_chunks(WRITE_BATCH):
+                    batch += chunk
+                    if len(batch) >= WRITE_BATCH:
+                        await _flush(part, batch, total, progress)
+            finally:
+                if batch:
+                    # Keep what arrived, even on failure: a resume continues right after it.
+                    with anyio.CancelScope(shield=True):
+                        await _flush(part, batch, total, progress)
+            if total is not None and part.written != total:
+                raise _Truncated(f"truncated at {part.written} of {total} bytes")
+            return status
+    raise errors.DownloadError(f"more than {MAX_REDIRECTS} redirects from {redact_url(url)}")
+
+
+async def _flush(
+    part: _PartFile, batch: bytearray, total: int | None, progress: DownloadProgress | None
+) -> None:
+    await anyio.to_thread.run_sync(part.write, bytes(batch))
+    part.written += len(batch)
+    batch.clear()
+    if progress is not None:
+        progress(part.written, total)

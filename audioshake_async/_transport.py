@@ -1,0 +1,384 @@
+"""The only module that talks to aiohttp's client: session, auth, timeouts, retries, rate limit.
+
+Rules enforced here, once, for every request of a client:
+- the API key goes to the API's origin only (scheme, host and port of the base URL); download
+  links on a CDN host never see it;
+- API requests pass the shared client-side rate limiter (downloads from other hosts do not);
+- transient failures are retried with exponential backoff and full jitter, honouring
+  ``Retry-After``; a non-idempotent request is retried only when it provably never left;
+- aiohttp exceptions never escape: they are replaced by this package's errors, whose messages
+  hold no header, so no key and no link signature;
+- logs name the method, the URL without its query string, the status and the time taken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import enum
+import json
+import logging
+import platform
+import random
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+import aiohttp
+import anyio
+import attrs
+
+from . import errors
+from ._protocol import (
+    DEFAULT_RATE_LIMIT,
+    RetryPolicy,
+    decode_body,
+    error_for_status,
+    is_retryable_status,
+    normalize_base_url,
+    parse_retry_after,
+    redact_url,
+    same_origin,
+)
+from ._ratelimit import RateLimiter
+from ._version import __version__
+
+__all__ = ["DownloadResponse", "Retry", "Timeouts", "Transport"]
+
+logger = logging.getLogger("audioshake_async")
+
+USER_AGENT = (
+    f"audioshake-async/{__version__} aiohttp/{aiohttp.__version__} "
+    f"python/{platform.python_version()}"
+)
+
+#: Exceptions meaning the connection was never established: the request was not sent.
+_NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+#: Exceptions after which the request may or may not have reached the server.
+_TRANSIENT = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError)
+
+
+class Retry(enum.Enum):
+    """When a request may be repeated."""
+
+    #: Idempotent (GET, DELETE) or harmless to repeat (an upload makes a new asset): retry
+    #: connection errors, timeouts, 429 and 5xx.
+    ALWAYS = "always"
+    #: Non-idempotent and billable (``POST /tasks``): retry only failures that happened before
+    #: the request was sent, and 429 (the server refused it unprocessed). After sending, a
+    #: failure raises :class:`~audioshake_async.errors.AmbiguousRequestError`.
+    BEFORE_SEND = "before_send"
+
+
+@attrs.frozen
+class Timeouts:
+    """Timeouts in seconds. ``request`` bounds a whole JSON call; transfers are bounded per read."""
+
+    request: float = 60.0
+    connect: float = 15.0
+    #: Longest silence allowed while an upload waits for its answer or a download for bytes.
+    transfer_read: float = 300.0
+
+    def for_json(self, override: float | None = None) -> aiohttp.ClientTimeout:
+        """A complete ClientTimeout for an API call (never a partial one: aiohttp#7274)."""
+        total = self.request if override is None else override
+        return aiohttp.ClientTimeout(
+            total=total, connect=None, sock_connect=self.connect, sock_read=None
+        )
+
+    def for_transfer(self) -> aiohttp.ClientTimeout:
+        """A ClientTimeout for large bodies: no total cap, but bounded silence."""
+        return aiohttp.ClientTimeout(
+            total=None, connect=None, sock_connect=self.connect, sock_read=self.transfer_read
+        )
+
+
+class _Secret:
+    """Holds a credential; its repr and str never show it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "<redacted>"
+
+    __str__ = __repr__
+
+
+@attrs.define
+class DownloadResponse:
+    """A streaming response from a download link (status, headers, body chunks)."""
+
+    status: int
+    headers: Mapping[str, str]
+    _response: aiohttp.ClientResponse = attrs.field(repr=False)
+
+    async def iter_chunks(self, size: int = 1 << 20) -> AsyncIterator[bytes]:
+        """The body in chunks of at most ``size`` bytes."""
+        try:
+            async for chunk in self._response.content.iter_chunked(size):
+                yield chunk
+        except _TRANSIENT as exc:
+            raise _connection_error(exc, "GET", str(self._response.url)) from None
+
+    async def read_text(self, limit: int = 65536) -> str:
+        """A bounded read of the body, for error messages."""
+        try:
+            data = await self._response.content.read(limit)
+        except _TRANSIENT:
+            return ""
+        return data.decode("utf-8", errors="replace")
+
+
+def _connection_error(
+    exc: BaseException, method: str, url: str, *, ambiguous: bool = False
+) -> errors.APIConnectionError:
+    # str(exc) of aiohttp's connection errors names host and port, never headers.
+    kind = type(exc).__name__
+    detail = str(exc).strip()
+    message = f"{kind}: {detail}" if detail else kind
+    cls: type[errors.APIConnectionError]
+    if ambiguous:
+        cls = errors.AmbiguousRequestError
+        message = f"request sent but no answer received ({message}); it may have taken effect"
+    elif isinstance(exc, asyncio.TimeoutError):
+        cls = errors.APITimeoutError
+        message = f"timed out ({kind})"
+    else:
+        cls = errors.APIConnectionError
+    return cls(message, method=method, url=redact_url(url))
+
+
+class Transport:
+    """Owns the aiohttp session of one client and performs every HTTP request."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        auth_headers: Mapping[str, str],
+        timeouts: Timeouts | None = None,
+        retry: RetryPolicy | None = None,
+        rate_limit: float | None = DEFAULT_RATE_LIMIT,
+        session: aiohttp.ClientSession | None = None,
+        connection_limit: int = 100,
+        trust_env: bool = False,
+        random_fraction: Callable[[], float] = random.random,
+    ) -> None:
+        self.base_url = normalize_base_url(base_url)
+        self._auth = {name: _Secret(value) for name, value in auth_headers.items()}
+        self.timeouts = timeouts or Timeouts()
+        self.retry = retry or RetryPolicy()
+        self.limiter = RateLimiter(rate_limit) if rate_limit else None
+        self._session = session
+        self._owns_session = session is None
+        self._connection_limit = connection_limit
+        self._trust_env = trust_env
+        self._random = random_fraction
+        self._closed = False
+        #: Requests sent, by route (``"GET /tasks/{id}"``), attempts included.
+        self.request_counts: Counter[str] = Counter()
+
+    def __repr__(self) -> str:
+        return f"Transport(base_url={self.base_url!r})"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The session, created on first use inside the running loop (never at import time)."""
+        if self._closed:
+            raise errors.ConfigurationError("the client is closed")
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self._connection_limit, ttl_dns_cache=300)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                headers={"User-Agent": USER_AGENT},
+                trust_env=self._trust_env,
+                raise_for_status=False,
+            )
+        return self._session
+
+    async def aclose(self) -> None:
+        """Close the owned session; an injected session is left open for its owner."""
+        self._closed = True
+        session, self._session = self._session, None
+        if session is not None and self._owns_session and not session.closed:
+            await session.close()
+
+    # ------------------------------------------------------------------ helpers
+
+    def url_for(self, path_or_url: str) -> str:
+        """Absolute URL for an API path; absolute URLs pass through."""
+        if path_or_url.startswith(("http://", "https://")):
+            return path_or_url
+        return self.base_url + "/" + path_or_url.lstrip("/")
+
+    def headers_for(self, url: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        """Request headers; the credential only when ``url`` is on the API's origin."""
+        headers = dict(extra or {})
+        if same_origin(url, self.base_url):
+            for name, secret in self._auth.items():
+                headers[name] = secret.reveal()
+        else:
+            for name in self._auth:
+                headers.pop(name, None)
+        return headers
+
+    async def _pace(self, url: str) -> None:
+        if self.limiter is not None and same_origin(url, self.base_url):
+            await self.limiter.acquire()
+
+    def _now(self) -> dt.datetime:
+        return dt.datetime.now(dt.timezone.utc)
+
+    async def _backoff(
+        self, method: str, url: str, attempt: int, reason: str, retry_after: float | None
+    ) -> None:
+        delay = self.retry.delay(attempt, self._random(), retry_after)
+        logger.info(
+            "retrying %s %s after %s in %.2f s (retry %d/%d)",
+            method,
+            redact_url(url),
+            reason,
+            delay,
+            attempt,
+            self.retry.max_retries,
+        )
+        await anyio.sleep(delay)
+
+    # ------------------------------------------------------------------ JSON calls
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        route: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        json_body: Any = None,
+        body_factory: Callable[[], Any] | None = None,
+        retry: Retry = Retry.ALWAYS,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+        transfer: bool = False,
+    ) -> Any:
+        """Send an API request and return its decoded JSON body (None for an empty body).
+
+        ``body_factory`` builds a fresh body for each attempt (an exhausted file handle replayed
+        would send an empty upload). Error statuses raise the matching APIError once retries are
+        spent.
+        """
+        url = self.url_for(path)
+        label = route or f"{method} {path}"
+        retries = self.retry.max_retries if max_retries is None else max_retries
+        client_timeout = (
+            self.timeouts.for_transfer() if transfer else self.timeouts.for_json(timeout)
+        )
+        data_bytes = None
+        if json_body is not None:
+            data_bytes = json.dumps(json_body, separators=(",", ":")).encode()
+        attempt = 0
+        while True:
+            await self._pace(url)
+            headers = self.headers_for(url, {"Accept": "application/json"})
+            if data_bytes is not None:
+                headers["Content-Type"] = "application/json"
+            data = body_factory() if body_factory is not None else data_bytes
+            self.request_counts[label] += 1
+            started = time.perf_counter()
+            try:
+                async with self.session.request(
+                    method,
+                    url,
+                    params=params,
+                    data=data,
+                    headers=headers,
+                    timeout=client_timeout,
+                    allow_redirects=False,
+                ) as response:
+                    raw = await response.read()
+                    status = response.status
+                    resp_headers = response.headers
+            except _NOT_SENT as exc:
+                error = _connection_error(exc, method, url)
+                if attempt >= retries:
+                    raise error from None
+                attempt += 1
+                await self._backoff(method, url, attempt, type(exc).__name__, None)
+                continue
+            except _TRANSIENT as exc:
+                if retry is Retry.BEFORE_SEND:
+                    logger.warning(
+                        "%s %s: no answer after sending (%s); outcome unknown",
+                        method,
+                        redact_url(url),
+                        type(exc).__name__,
+                    )
+                    raise _connection_error(exc, method, url, ambiguous=True) from None
+                error = _connection_error(exc, method, url)
+                if attempt >= retries:
+                    raise error from None
+                attempt += 1
+                await self._backoff(method, url, attempt, type(exc).__name__, None)
+                continue
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            logger.debug("%s %s -> %d (%.1f ms)", method, redact_url(url), status, elapsed_ms)
+            if 200 <= status < 300:
+                if not raw:
+                    return None
+                try:
+                    return json.loads(raw)
+                except ValueError:
+                    raise errors.ResponseParseError(
+                        f"{method} {redact_url(url)}: response is not JSON"
+                    ) from None
+            retry_after = parse_retry_after(resp_headers, self._now())
+            if status == 429 and self.limiter is not None:
+                # Everyone on this client slows down, not just this request.
+                self.limiter.pause_until(retry_after if retry_after is not None else 1.0)
+            retryable = is_retryable_status(status)
+            if retry is Retry.BEFORE_SEND:
+                retryable = status == 429
+            if retryable and retry_after is not None and retry_after > self.retry.max_retry_after:
+                retryable = False
+            if not retryable or attempt >= retries:
+                raise error_for_status(
+                    status, decode_body(raw), method=method, url=url, retry_after=retry_after
+                )
+            attempt += 1
+            await self._backoff(method, url, attempt, f"HTTP {status}", retry_after)
+
+    # ------------------------------------------------------------------ downloads
+
+    @contextlib.asynccontextmanager
+    async def open_download(
+        self, url: str, headers: Mapping[str, str] | None = None
+    ) -> AsyncIterator[DownloadResponse]:
+        """Open a streaming GET of a download link: one attempt, the caller retries.
+
+        Links on another host than the API's get no credential; links on the API host do.
+        """
+        await self._pace(url)
+        request_headers = self.headers_for(url, headers)
+        label = "GET <api download>" if same_origin(url, self.base_url) else "GET <download>"
+        self.request_counts[label] += 1
+        try:
+            async with self.session.get(
+                url,
+                headers=request_headers,
+                timeout=self.timeouts.for_transfer(),
+                allow_redirects=False,
+                auto_decompress=False,
+            ) as response:
+                logger.debug("GET %s -> %d", redact_url(url), response.status)
+                yield DownloadResponse(response.status, response.headers, response)
+        except _TRANSIENT as exc:
+            raise _connection_error(exc, "GET", url) from None

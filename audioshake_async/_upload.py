@@ -1,0 +1,149 @@
+"""Streaming multipart upload bodies, rebuilt for every attempt, with progress.
+
+A path is reopened on each attempt and read in chunks off the event loop (aiofiles), so a 2 GB
+upload holds one chunk in memory and a retry never replays an exhausted handle.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pathlib
+import stat as stat_module
+from collections.abc import AsyncIterator, Callable
+from typing import BinaryIO
+
+import aiofiles
+import aiofiles.os
+import anyio.to_thread
+import attrs
+from aiohttp import MultipartWriter, hdrs
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.payload import Payload
+
+from . import errors
+from ._protocol import validate_upload
+from .models import MAX_UPLOAD_BYTES
+
+__all__ = ["ProgressCallback", "UploadSource", "prepare_upload"]
+
+#: Called with (bytes sent so far in this attempt, total bytes).
+ProgressCallback = Callable[[int, int], None]
+
+CHUNK_SIZE = 1 << 20
+
+
+class _ChunkedPayload(Payload):
+    """A payload read chunk by chunk from a fresh source, reporting progress."""
+
+    def __init__(self, source: UploadSource, progress: ProgressCallback | None) -> None:
+        super().__init__(source, content_type=source.content_type, filename=source.filename)
+        self._source = source
+        self._progress = progress
+        self._size = source.size
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        raise TypeError("a streamed upload has no text form")
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        sent = 0
+        total = self._source.size
+        async for chunk in self._source.chunks():
+            remaining = total - sent
+            if len(chunk) > remaining:
+                chunk = chunk[:remaining]
+            await writer.write(chunk)
+            sent += len(chunk)
+            if self._progress is not None:
+                self._progress(sent, total)
+            if sent >= total:
+                break
+        if sent != total:
+            # The file shrank under us: fail the attempt rather than send a short body.
+            raise errors.ValidationError(
+                f"{self._source.filename!r} changed size during upload ({sent} of {total} bytes)"
+            )
+
+
+@attrs.define
+class UploadSource:
+    """Where upload bytes come from: a path, in-memory bytes, or a binary file object."""
+
+    filename: str
+    size: int
+    content_type: str
+    path: pathlib.Path | None = None
+    data: bytes | None = attrs.field(default=None, repr=False)
+    fileobj: BinaryIO | None = attrs.field(default=None, repr=False)
+    start: int = 0
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """Yield the content from its start, freshly opened (or re-seeked) for this attempt."""
+        if self.path is not None:
+            async with aiofiles.open(self.path, "rb") as handle:
+                while chunk := await handle.read(CHUNK_SIZE):
+                    yield chunk
+        elif self.data is not None:
+            view = memoryview(self.data)
+            for offset in range(0, len(view), CHUNK_SIZE):
+                yield bytes(view[offset : offset + CHUNK_SIZE])
+        elif self.fileobj is not None:
+            fileobj = self.fileobj
+            await anyio.to_thread.run_sync(fileobj.seek, self.start)
+            while chunk := await anyio.to_thread.run_sync(fileobj.read, CHUNK_SIZE):
+                yield chunk
+
+    def multipart(self, progress: ProgressCallback | None = None) -> MultipartWriter:
+        """A fresh ``multipart/form-data`` body with the file in field ``file``."""
+        writer = MultipartWriter("form-data")
+        payload = _ChunkedPayload(self, progress)
+        payload.set_content_disposition("form-data", name="file", filename=self.filename)
+        writer.append_payload(payload)
+        # Content-Length is known, so the server sees a sized body instead of chunked encoding.
+        writer.headers.pop(hdrs.TRANSFER_ENCODING, None)
+        return writer
+
+
+async def prepare_upload(
+    source: str | os.PathLike[str] | bytes | BinaryIO,
+    *,
+    filename: str | None = None,
+    max_bytes: int = MAX_UPLOAD_BYTES,
+) -> UploadSource:
+    """Check an upload before any request: exists, is a file, not empty, not too big, known type."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if not filename:
+            raise errors.ValidationError("uploading bytes needs a filename (for its type)")
+        data = bytes(source)
+        content_type = validate_upload(filename, len(data), max_bytes=max_bytes)
+        return UploadSource(filename, len(data), content_type, data=data)
+    if isinstance(source, (str, os.PathLike)):
+        path = pathlib.Path(source)
+        try:
+            stat = await aiofiles.os.stat(path)
+        except FileNotFoundError:
+            raise errors.ValidationError(f"{str(path)!r} does not exist") from None
+        except OSError as exc:
+            raise errors.ValidationError(f"{str(path)!r} cannot be read: {exc.strerror}") from None
+        if not stat_module.S_ISREG(stat.st_mode):
+            raise errors.ValidationError(f"{str(path)!r} is not a regular file")
+        name = filename or path.name
+        content_type = validate_upload(name, stat.st_size, max_bytes=max_bytes)
+        return UploadSource(name, stat.st_size, content_type, path=path)
+    if hasattr(source, "read"):
+        name = filename or os.path.basename(str(getattr(source, "name", "") or ""))
+        if not name:
+            raise errors.ValidationError("uploading a file object needs a filename (for its type)")
+        if not getattr(source, "seekable", lambda: False)():
+            # A retry must resend from the start, and the size must be known up front.
+            raise errors.ValidationError(
+                f"{name!r}: a non-seekable stream has no known size; pass a path or bytes"
+            )
+        start = source.tell()
+        size = source.seek(0, io.SEEK_END) - start
+        source.seek(start)
+        content_type = validate_upload(name, size, max_bytes=max_bytes)
+        return UploadSource(name, size, content_type, fileobj=source, start=start)
+    raise errors.ValidationError(
+        f"cannot upload a {type(source).__name__}: give a path, bytes or a binary file"
+    )
