@@ -1,0 +1,43 @@
+"""The concurrent batch engine: many inputs to stems on disk, resumable, never billing twice."""
+
+from .engine import BatchOptions, run_batch, targets_signature
+from .events import (
+    BatchEvent,
+    BatchResult,
+    FileWritten,
+    ItemDone,
+    ItemFailed,
+    ItemQueued,
+    ItemSkipped,
+    ProgressHook,
+    TargetDone,
+    TaskCreated,
+    Uploaded,
+    UploadProgress,
+)
+from .inputs import expand_inputs
+from .journal import AsyncJournal, ItemRecord, Journal, OutputRecord, SqliteJournal
+
+__all__ = [
+    "AsyncJournal",
+    "BatchEvent",
+    "BatchOptions",
+    "BatchResult",
+    "FileWritten",
+    "ItemDone",
+    "ItemFailed",
+    "ItemQueued",
+    "ItemRecord",
+    "ItemSkipped",
+    "Journal",
+    "OutputRecord",
+    "ProgressHook",
+    "SqliteJournal",
+    "TargetDone",
+    "TaskCreated",
+    "UploadProgress",
+    "Uploaded",
+    "expand_inputs",
+    "run_batch",
+    "targets_signature",
+]

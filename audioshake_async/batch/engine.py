@@ -1,0 +1,805 @@
+"""The concurrent batch engine: a catalog of files or URLs in, stems on disk out.
+
+Stages, each with its own bound, joined by bounded anyio memory streams (so a slow stage holds
+back the ones before it and a million-item input is read lazily):
+
+    admit -> upload (4) -> create (16) -> watch (<= max_in_flight tasks) -> download (8) -> results
+
+- admit: stat the input, consult the journal, decide where the item enters (skip when done,
+  watch when its task exists, create when a fresh asset exists, else upload);
+- upload: stream the file to ``/assets``;
+- create: write an intent with a client token (carried in ``metadata``) to the journal, then
+  ``POST /tasks``; an ambiguous failure is resolved by finding the token among recent tasks
+  before creating again, so no work is billed twice;
+- watch: one loop refreshes every task in flight through the client's rate limiter, with
+  per-task backoff, by ``GET /tasks`` pages when that costs fewer requests than one
+  ``GET /tasks/{id}`` each; each target's outputs go to download as soon as it completes;
+- download: stream each output to ``<out_dir>/<input stem>/<name>.<format>`` atomically.
+
+One item's failure is recorded and reported as a result; it never stops the batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import heapq
+import itertools
+import json
+import logging
+import math
+import os
+import pathlib
+import random
+import time
+import uuid
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Iterable,
+    Mapping,
+    Sequence,
+)
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.to_thread
+import attrs
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from .. import errors
+from .._protocol import (
+    MAX_PAGE_SIZE,
+    PollPolicy,
+    merge_task_snapshot,
+    safe_filename,
+    validate_targets,
+)
+from .._upload import prepare_upload
+from ..models import MAX_METADATA_LENGTH, Output, Target, Task
+from .events import (
+    BatchEvent,
+    BatchResult,
+    FileWritten,
+    ItemDone,
+    ItemFailed,
+    ItemQueued,
+    ItemSkipped,
+    ProgressHook,
+    TargetDone,
+    TaskCreated,
+    Uploaded,
+    UploadProgress,
+)
+from .journal import AsyncJournal, ItemRecord, Journal, OutputRecord, SqliteJournal
+
+if TYPE_CHECKING:
+    from ..client import AudioShake
+
+__all__ = ["BatchOptions", "run_batch", "targets_signature"]
+
+logger = logging.getLogger("audioshake_async.batch")
+
+ASSET_LIFETIME = 72 * 3600.0
+HASH_CHUNK = 1 << 20
+
+
+@attrs.frozen
+class BatchOptions:
+    """Tuning of a batch; the defaults suit the documented 60 requests/s account limit."""
+
+    upload_concurrency: int = 4
+    create_concurrency: int = 16
+    download_concurrency: int = 8
+    #: Tasks created and not yet finished, at most (bounds memory and open work).
+    max_in_flight: int = 1000
+    #: Seconds an item may wait for its task; None waits as long as it takes.
+    task_timeout: float | None = None
+    poll: PollPolicy | None = None
+    #: Extra fields for the task ``metadata`` (a JSON object that also carries the token).
+    metadata: Mapping[str, Any] | None = None
+    #: An asset older than this is uploaded again (assets expire after 72 h).
+    asset_max_age: float = ASSET_LIFETIME - 2 * 3600.0
+    #: Pages of ``GET /tasks`` searched for a token after an ambiguous create.
+    reconcile_pages: int = 10
+    #: ``POST /tasks`` attempts per item when each ends ambiguously and the token is not found.
+    create_attempts: int = 4
+    #: Refresh many tasks through ``GET /tasks`` pages when cheaper than one GET each.
+    list_refresh: bool = True
+    #: Requests at once while refreshing tasks.
+    poll_concurrency: int = 16
+    #: Compute SHA-256 of inputs and outputs for the journal.
+    checksum: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        for name in (
+            "upload_concurrency",
+            "create_concurrency",
+            "download_concurrency",
+            "max_in_flight",
+            "create_attempts",
+            "poll_concurrency",
+        ):
+            if getattr(self, name) < 1:
+                raise errors.ValidationError(f"{name} must be at least 1")
+        if self.task_timeout is not None and self.task_timeout <= 0:
+            raise errors.ValidationError("task_timeout must be positive")
+
+
+def targets_signature(targets: Sequence[Target]) -> str:
+    """A stable text identity of a target list (the journal keys items by input and this)."""
+    from .._convert import unstructure
+
+    return json.dumps([unstructure(t) for t in targets], sort_keys=True, separators=(",", ":"))
+
+
+def _is_url(value: str) -> bool:
+    return value.startswith(("https://", "http://"))
+
+
+def _stem_of(source: str, is_url: bool) -> str:
+    if is_url:
+        tail = source.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+        stem = tail.rsplit(".", 1)[0] if "." in tail else tail
+        return safe_filename(
+            stem, fallback="url-" + hashlib.sha256(source.encode()).hexdigest()[:8]
+        )
+    return safe_filename(pathlib.Path(source).stem, fallback="input")
+
+
+def _hash_file(path: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@attrs.define(eq=False)
+class _Item:
+    """One input on its way through the pipeline."""
+
+    display: str
+    source: str
+    is_url: bool
+    directory: pathlib.Path
+    size: int | None = None
+    mtime_ns: int | None = None
+    sha256: str | None = None
+    asset_id: str | None = None
+    token: str | None = None
+    task_id: str | None = None
+    task: Task | None = None
+    known_outputs: dict[str, OutputRecord] = attrs.Factory(dict)
+    used_names: set[str] = attrs.Factory(set)
+    dispatched: set[tuple[str, str, str]] = attrs.Factory(set)
+    reported_targets: set[str] = attrs.Factory(set)
+    files: list[pathlib.Path] = attrs.Factory(list)
+    problems: list[str] = attrs.Factory(list)
+    pending_downloads: int = 0
+    task_done: bool = False
+    finished: bool = False
+    watch_started: float = 0.0
+    polls: int = 0
+    reuploaded: bool = False
+
+
+@attrs.define(eq=False)
+class _DownloadJob:
+    item: _Item
+    output: Output
+    path: pathlib.Path
+
+
+class _Pipeline:
+    """State shared by the stages of one batch run."""
+
+    def __init__(
+        self,
+        client: AudioShake,
+        targets: tuple[Target, ...],
+        out_dir: pathlib.Path,
+        journal: AsyncJournal,
+        progress: ProgressHook | None,
+        options: BatchOptions,
+        results: MemoryObjectSendStream[BatchResult],
+    ) -> None:
+        self.client = client
+        self.targets = targets
+        self.signature = targets_signature(targets)
+        self.out_dir = out_dir
+        self.journal = journal
+        self.progress = progress
+        self.options = options
+        self.results = results
+        self.poll = options.poll or client.poll
+        self.in_flight = anyio.Semaphore(options.max_in_flight)
+        self.watcher = _Watcher(self)
+        self.cwd = os.getcwd()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def emit(self, event: BatchEvent) -> None:
+        if self.progress is None:
+            return
+        try:
+            self.progress(event)
+        except Exception:
+            # A broken progress display must not break the batch.
+            logger.exception("progress hook raised on %s", type(event).__name__)
+
+    async def fail(self, item: _Item, error: BaseException | str) -> None:
+        """Record and report the item as failed, with what it did write."""
+        message = error if isinstance(error, str) else (str(error) or type(error).__name__)
+        item.problems.append(message)
+        item.task_done = True
+        await self.maybe_finish(item)
+
+    async def maybe_finish(self, item: _Item) -> None:
+        """Finish the item once its task is done and no download is pending."""
+        if item.finished or not item.task_done or item.pending_downloads:
+            return
+        item.finished = True
+        task = item.task
+        if task is not None:
+            for target in task.failed_targets:
+                detail = target.error.message if target.error and target.error.message else ""
+                item.problems.append(
+                    f"target {target.model} failed" + (f": {detail}" if detail else "")
+                )
+        status = "failed" if item.problems else "done"
+        error = "; ".join(item.problems) or None
+        with anyio.CancelScope(shield=True):
+            await self.journal.call(
+                self.journal.journal.finish, item.source, self.signature, status, error
+            )
+        files = tuple(item.files)
+        if status == "done":
+            self.emit(ItemDone(item.display, files))
+        else:
+            self.emit(ItemFailed(item.display, error or "failed"))
+        await self.results.send(
+            BatchResult(item.display, status, task, files, error, item.directory)
+        )
+        self.in_flight.release()
+
+    def metadata_for(self, item: _Item, token: str) -> str:
+        extra = dict(self.options.metadata or {})
+        payload: dict[str, Any] = {**extra, "client_token": token}
+        name = pathlib.PurePosixPath(item.display).name if not item.is_url else item.display
+        payload["input"] = name[:512]
+        text = json.dumps(payload, separators=(",", ":"), sort_keys=True)
+        if len(text) > MAX_METADATA_LENGTH:
+            text = json.dumps({"client_token": token}, separators=(",", ":"))
+        return text
+
+    # ------------------------------------------------------------------ admit
+
+    async def admit(
+        self,
+        raw: str | os.PathLike[str],
+        upload: MemoryObjectSendStream[_Item],
+        create: MemoryObjectSendStream[_Item],
+    ) -> None:
+        """Decide where one input enters the pipeline (or report it skipped or failed)."""
+        display = os.fspath(raw)
+        self.emit(ItemQueued(display))
+        is_url = isinstance(raw, str) and _is_url(raw)
+        # Pure string work (the working directory was read once): no blocking call here.
+        source = display if is_url else os.path.normpath(os.path.join(self.cwd, display))  # noqa: ASYNC240
+        stem = _stem_of(source, is_url)
+        journal = self.journal.journal
+        dirname = await self.journal.call(journal.claim_dir, source, stem)
+        item = _Item(display, source, is_url, self.out_dir / dirname)
+        try:
+            record = await self.journal.call(journal.lookup, source, self.signature)
+            if not is_url:
+                prepared = await prepare_upload(source)
+                stat = await anyio.to_thread.run_sync(os.stat, source)
+                item.size, item.mtime_ns = prepared.size, stat.st_mtime_ns
+                record = await self._check_content(item, record)
+            elif record is None:
+                await self.journal.call(journal.reset, source, self.signature, None, None, None)
+        except errors.AudioShakeError as exc:
+            await self.fail(item, exc)
+            return
+        except OSError as exc:
+            await self.fail(item, f"{display}: {exc.strerror or exc}")
+            return
+        if record is not None:
+            item.known_outputs = {o.filename: o for o in record.outputs}
+            item.token, item.task_id = record.token, record.task_id
+            if record.status == "done" and await self._outputs_present(item):
+                item.finished = True
+                item.files = [item.directory / name for name in sorted(item.known_outputs)]
+                self.emit(ItemSkipped(display))
+                await self.results.send(
+                    BatchResult(display, "skipped", None, tuple(item.files), None, item.directory)
+                )
+                self.in_flight.release()
+                return
+            if record.task_id:
+                await self.watcher.add(item)
+                return
+            fresh = (
+                record.asset_uploaded_at is not None
+                and time.time() - record.asset_uploaded_at < self.options.asset_max_age
+            )
+            if record.asset_id and fresh:
+                item.asset_id = record.asset_id
+                self.emit(Uploaded(display, record.asset_id, item.size or 0, reused=True))
+                await create.send(item)
+                return
+        if is_url:
+            await create.send(item)
+        else:
+            await upload.send(item)
+
+    async def _check_content(self, item: _Item, record: ItemRecord | None) -> ItemRecord | None:
+        """Compare the file with the journal; a changed file starts over (None)."""
+        journal = self.journal.journal
+        if record is not None and record.size == item.size and record.mtime_ns == item.mtime_ns:
+            item.sha256 = record.sha256
+            return record
+        if record is not None and record.sha256 and self.options.checksum:
+            digest = await anyio.to_thread.run_sync(_hash_file, pathlib.Path(item.source))
+            if digest == record.sha256:
+                assert item.size is not None and item.mtime_ns is not None
+                await self.journal.call(
+                    journal.touch_source, item.source, self.signature, item.size, item.mtime_ns
+                )
+                item.sha256 = digest
+                return record
+            item.sha256 = digest
+        await self.journal.call(
+            journal.reset, item.source, self.signature, item.size, item.mtime_ns, item.sha256
+        )
+        return None
+
+    async def _outputs_present(self, item: _Item) -> bool:
+        def check() -> bool:
+            for name, output in item.known_outputs.items():
+                path = item.directory / name
+                try:
+                    if path.stat().st_size != output.size:
+                        return False
+                except OSError:
+                    return False
+            return bool(item.known_outputs)
+
+        return await anyio.to_thread.run_sync(check)
+
+    # ------------------------------------------------------------------ upload
+
+    async def upload_worker(
+        self, inbox: MemoryObjectReceiveStream[_Item], create: MemoryObjectSendStream[_Item]
+    ) -> None:
+        async with inbox, create:
+            async for item in inbox:
+                try:
+                    await self.upload(item)
+                except (errors.AudioShakeError, OSError) as exc:
+                    await self.fail(item, exc)
+                    continue
+                await create.send(item)
+
+    async def upload(self, item: _Item) -> None:
+        """Upload the item's file and record the asset."""
+        journal = self.journal.journal
+        path = pathlib.Path(item.source)
+        if item.sha256 is None and self.options.checksum:
+            item.sha256 = await anyio.to_thread.run_sync(_hash_file, path)
+        display = item.display
+
+        def on_progress(sent: int, total: int) -> None:
+            self.emit(UploadProgress(display, sent, total))
+
+        asset = await self.client.assets.upload(path, progress=on_progress)
+        item.asset_id = asset.id
+        await self.journal.call(
+            journal.record_asset, item.source, self.signature, asset.id, time.time(), item.sha256
+        )
+        self.emit(Uploaded(display, asset.id, item.size or 0))
+
+    # ------------------------------------------------------------------ create
+
+    async def create_worker(self, inbox: MemoryObjectReceiveStream[_Item]) -> None:
+        async with inbox:
+            async for item in inbox:
+                try:
+                    await self.create(item)
+                except (errors.AudioShakeError, OSError) as exc:
+                    await self.fail(item, exc)
+                    continue
+                await self.watcher.add(item)
+
+    async def create(self, item: _Item) -> None:
+        """Create the item's task exactly once, recovering it by token after ambiguous ends."""
+        journal = self.journal.journal
+        if item.token:
+            # An intent from an earlier run: the task may exist though its id was never saved.
+            found = await self.find_by_token(item.token)
+            if found is not None:
+                await self._adopt(item, found, recovered=True)
+                return
+        token = item.token or uuid.uuid4().hex
+        item.token = token
+        await self.journal.call(journal.record_intent, item.source, self.signature, token)
+        metadata = self.metadata_for(item, token)
+        last_error: BaseException | None = None
+        for attempt in range(1, self.options.create_attempts + 1):
+            try:
+                if item.is_url:
+                    task = await self.client.tasks.create(
+                        url=item.source, targets=self.targets, metadata=metadata
+                    )
+                else:
+                    task = await self.client.tasks.create(
+                        asset_id=item.asset_id, targets=self.targets, metadata=metadata
+                    )
+            except (errors.APIConnectionError, errors.ServerError, errors.RateLimitError) as exc:
+                last_error = exc
+                logger.info(
+                    "create for %s ended ambiguously (%s); looking up its token",
+                    item.display,
+                    type(exc).__name__,
+                )
+                found = await self.find_by_token(token)
+                if found is not None:
+                    await self._adopt(item, found, recovered=True)
+                    return
+                await anyio.sleep(self.client.transport.retry.delay(attempt, random.random()))
+                continue
+            except errors.NotFoundError as exc:
+                if item.is_url or item.reuploaded:
+                    raise
+                # The asset expired or vanished: upload again, once.
+                logger.info("asset of %s not found (%s); uploading again", item.display, exc)
+                item.reuploaded = True
+                await self.journal.call(
+                    journal.record_asset, item.source, self.signature, None, None, None
+                )
+                await self.upload(item)
+                continue
+            await self._adopt(item, task, recovered=False)
+            return
+        raise errors.AudioShakeError(
+            f"task creation failed {self.options.create_attempts} times: {last_error}"
+        )
+
+    async def _adopt(self, item: _Item, task: Task, *, recovered: bool) -> None:
+        item.task_id = task.id
+        item.task = task
+        await self.journal.call(
+            self.journal.journal.record_task, item.source, self.signature, task.id
+        )
+        self.emit(TaskCreated(item.display, task.id, recovered=recovered))
+
+    async def find_by_token(self, token: str) -> Task | None:
+        """Search recent tasks for one whose metadata carries ``token``."""
+        skip = 0
+        for _ in range(self.options.reconcile_pages):
+            page = await self.client.tasks.page(skip=skip, take=MAX_PAGE_SIZE)
+            for task in page:
+                if task.metadata and token in task.metadata and _token_of(task) == token:
+                    return task
+            if len(page) < MAX_PAGE_SIZE:
+                return None
+            skip += MAX_PAGE_SIZE
+        return None
+
+    # ------------------------------------------------------------------ download
+
+    def plan_downloads(self, item: _Item, task: Task) -> list[_DownloadJob]:
+        """Download jobs for targets that completed since the last look."""
+        jobs = []
+        for target in task.targets:
+            if target.is_terminal and target.id not in item.reported_targets:
+                item.reported_targets.add(target.id)
+                self.emit(TargetDone(item.display, task.id, target.id, target.model, target.status))
+            if not target.is_completed:
+                continue
+            for output in target.output:
+                key = (target.id, output.name, output.format)
+                if key in item.dispatched:
+                    continue
+                item.dispatched.add(key)
+                name = safe_filename(output.name, output.format)
+                base, counter = safe_filename(output.name), 2
+                while name.lower() in item.used_names:
+                    name = safe_filename(f"{base}_{counter}", output.format)
+                    counter += 1
+                item.used_names.add(name.lower())
+                item.pending_downloads += 1
+                jobs.append(_DownloadJob(item, output, item.directory / name))
+        return jobs
+
+    async def download_worker(self, inbox: MemoryObjectReceiveStream[_DownloadJob]) -> None:
+        async with inbox:
+            async for job in inbox:
+                try:
+                    await self.download(job)
+                except (errors.AudioShakeError, OSError) as exc:
+                    job.item.problems.append(f"{job.path.name}: {exc}")
+                job.item.pending_downloads -= 1
+                await self.maybe_finish(job.item)
+
+    async def download(self, job: _DownloadJob) -> None:
+        """Download one output unless an earlier run already wrote it completely."""
+        item = job.item
+        known = item.known_outputs.get(job.path.name)
+        if known is not None:
+            try:
+                size = (await anyio.to_thread.run_sync(job.path.stat)).st_size
+            except OSError:
+                size = -1
+            if size == known.size:
+                item.files.append(job.path)
+                return
+        assert item.task is not None
+        done = await self.client.fetch_output(
+            item.task, job.output, job.path, checksum=self.options.checksum
+        )
+        record = OutputRecord(job.path.name, done.size, done.sha256)
+        with anyio.CancelScope(shield=True):
+            await self.journal.call(
+                self.journal.journal.record_output, item.source, self.signature, record
+            )
+        item.known_outputs[record.filename] = record
+        item.files.append(job.path)
+        self.emit(FileWritten(item.display, job.path, done.size))
+
+
+def _token_of(task: Task) -> str | None:
+    try:
+        data = json.loads(task.metadata or "")
+    except ValueError:
+        return None
+    token = data.get("client_token") if isinstance(data, dict) else None
+    return token if isinstance(token, str) else None
+
+
+class _Watcher:
+    """Refreshes every task in flight from one loop, each on its own backoff schedule."""
+
+    def __init__(self, pipeline: _Pipeline) -> None:
+        self.pipeline = pipeline
+        self.pending: dict[str, _Item] = {}
+        self._schedule: list[tuple[float, int, str]] = []
+        self._sequence = itertools.count()
+        self._wake = anyio.Event()
+        self._producers_done = False
+        self.downloads: MemoryObjectSendStream[_DownloadJob] | None = None
+
+    async def add(self, item: _Item) -> None:
+        """Start watching an item whose task exists."""
+        assert item.task_id is not None
+        item.watch_started = time.monotonic()
+        if item.task is not None:
+            # The create response is a snapshot too: nothing is due before the first interval.
+            if await self._absorb(item, item.task):
+                return
+            due = time.monotonic() + self.pipeline.poll.interval(1, random.random())
+        else:
+            due = time.monotonic()
+        self.pending[item.task_id] = item
+        heapq.heappush(self._schedule, (due, next(self._sequence), item.task_id))
+        self._wake.set()
+
+    def close(self) -> None:
+        """No more items will be added."""
+        self._producers_done = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Poll until every item is finished and no more will come."""
+        assert self.downloads is not None
+        async with self.downloads:
+            while True:
+                if self._producers_done and not self.pending:
+                    return
+                now = time.monotonic()
+                due: list[_Item] = []
+                while self._schedule and self._schedule[0][0] <= now:
+                    _, _, task_id = heapq.heappop(self._schedule)
+                    item = self.pending.get(task_id)
+                    if item is not None and not item.finished:
+                        due.append(item)
+                if not due:
+                    self._wake = anyio.Event()
+                    delay = self._schedule[0][0] - now if self._schedule else math.inf
+                    with anyio.move_on_after(delay):
+                        await self._wake.wait()
+                    continue
+                await self._refresh(due)
+
+    async def _refresh(self, due: list[_Item]) -> None:
+        options = self.pipeline.options
+        client = self.pipeline.client
+        snapshots: dict[str, Task] = {}
+        pages_estimate = math.ceil(len(self.pending) / MAX_PAGE_SIZE) + 1
+        if options.list_refresh and len(due) > 2 * pages_estimate:
+            snapshots = await self._refresh_by_list(
+                {item.task_id for item in due if item.task_id}, pages_estimate
+            )
+        missing = [item for item in due if item.task_id not in snapshots]
+        limiter = anyio.CapacityLimiter(options.poll_concurrency)
+        failures: dict[str, BaseException] = {}
+
+        async def get_one(item: _Item) -> None:
+            assert item.task_id is not None
+            async with limiter:
+                try:
+                    snapshots[item.task_id] = await client.tasks.get(item.task_id)
+                except errors.AudioShakeError as exc:
+                    failures[item.task_id] = exc
+
+        if missing:
+            async with anyio.create_task_group() as group:
+                for item in missing:
+                    group.start_soon(get_one, item)
+        for item in due:
+            assert item.task_id is not None
+            snapshot = snapshots.get(item.task_id)
+            if snapshot is not None:
+                if await self._absorb(item, snapshot):
+                    continue
+            else:
+                error = failures.get(item.task_id)
+                if isinstance(error, errors.NotFoundError):
+                    self.pending.pop(item.task_id, None)
+                    await self.pipeline.fail(item, f"task {item.task_id} no longer exists")
+                    continue
+                if error is not None:
+                    logger.info("refresh of task %s failed: %s", item.task_id, error)
+            self._reschedule(item)
+        # Tasks seen on a page although not due yet count as refreshed too.
+        for task_id, snapshot in snapshots.items():
+            other = self.pending.get(task_id)
+            if other is not None and other not in due and not other.finished:
+                await self._absorb(other, snapshot)
+
+    async def _refresh_by_list(self, wanted: set[str], pages_estimate: int) -> dict[str, Task]:
+        found: dict[str, Task] = {}
+        skip = 0
+        for _ in range(max(3, 2 * pages_estimate)):
+            try:
+                page = await self.pipeline.client.tasks.page(skip=skip, take=MAX_PAGE_SIZE)
+            except errors.AudioShakeError as exc:
+                logger.info("list refresh failed (%s); falling back to single gets", exc)
+                break
+            for task in page:
+                if task.id in self.pending:
+                    found[task.id] = task
+            if wanted <= found.keys() or len(page) < MAX_PAGE_SIZE:
+                break
+            skip += MAX_PAGE_SIZE
+        return found
+
+    def _reschedule(self, item: _Item) -> None:
+        assert item.task_id is not None
+        timeout = self.pipeline.options.task_timeout
+        item.polls += 1
+        delay = self.pipeline.poll.interval(item.polls + 1, random.random())
+        if timeout is not None:
+            remaining = item.watch_started + timeout - time.monotonic()
+            delay = max(0.0, min(delay, remaining))
+        heapq.heappush(
+            self._schedule, (time.monotonic() + delay, next(self._sequence), item.task_id)
+        )
+
+    async def _absorb(self, item: _Item, snapshot: Task) -> bool:
+        """Take in a snapshot; dispatch new outputs; True when the item left the watch."""
+        assert item.task_id is not None
+        item.task = merge_task_snapshot(
+            item.task if item.task is not None and item.task.id == snapshot.id else None, snapshot
+        )
+        jobs = self.pipeline.plan_downloads(item, item.task)
+        for job in jobs:
+            assert self.downloads is not None
+            await self.downloads.send(job)
+        if item.task.is_done:
+            self.pending.pop(item.task_id, None)
+            item.task_done = True
+            await self.pipeline.maybe_finish(item)
+            return True
+        timeout = self.pipeline.options.task_timeout
+        if timeout is not None and time.monotonic() - item.watch_started >= timeout:
+            self.pending.pop(item.task_id, None)
+            await self.pipeline.fail(
+                item, errors.TaskTimeoutError(item.task_id, timeout, item.task)
+            )
+            return True
+        return False
+
+
+async def _iterate(inputs: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
+    if isinstance(inputs, AsyncIterable):
+        async for value in inputs:
+            yield value
+    else:
+        for value in inputs:
+            yield value
+
+
+async def _run_pipeline(pipeline: _Pipeline, inputs: Iterable[Any] | AsyncIterable[Any]) -> None:
+    options = pipeline.options
+    upload_send, upload_recv = anyio.create_memory_object_stream[_Item](options.upload_concurrency)
+    create_send, create_recv = anyio.create_memory_object_stream[_Item](options.create_concurrency)
+    download_send, download_recv = anyio.create_memory_object_stream[_DownloadJob](
+        options.download_concurrency * 2
+    )
+
+    async def feed() -> None:
+        async with upload_send, create_send:
+            async for raw in _iterate(inputs):
+                await pipeline.in_flight.acquire()
+                await pipeline.admit(raw, upload_send, create_send)
+
+    async def creators() -> None:
+        async with anyio.create_task_group() as inner:
+            for _ in range(options.create_concurrency):
+                inner.start_soon(pipeline.create_worker, create_recv.clone())
+        pipeline.watcher.close()
+
+    pipeline.watcher.downloads = download_send
+    async with pipeline.results, anyio.create_task_group() as group:  # noqa: SIM117
+        # The original receive ends close as soon as the workers hold their clones.
+        async with upload_recv, create_recv, download_recv:
+            group.start_soon(feed)
+            for _ in range(options.upload_concurrency):
+                group.start_soon(pipeline.upload_worker, upload_recv.clone(), create_send.clone())
+            group.start_soon(creators)
+            group.start_soon(pipeline.watcher.run)
+            for _ in range(options.download_concurrency):
+                group.start_soon(pipeline.download_worker, download_recv.clone())
+
+
+async def run_batch(
+    client: AudioShake,
+    inputs: Iterable[str | os.PathLike[str]] | AsyncIterable[str | os.PathLike[str]],
+    *,
+    targets: Sequence[Target],
+    out_dir: str | os.PathLike[str],
+    journal: str | os.PathLike[str] | Journal | None = None,
+    progress: ProgressHook | None = None,
+    options: BatchOptions | None = None,
+    **option_values: Any,
+) -> AsyncGenerator[BatchResult, None]:
+    """Process every input and yield one :class:`BatchResult` per input as each finishes.
+
+    ``journal`` is a path to the SQLite journal (resume and no double billing across runs), a
+    :class:`Journal`, or None for a throw-away one. Extra keyword arguments set
+    :class:`BatchOptions` fields. Break out early with ``contextlib.aclosing``; the pipeline is
+    cancelled cleanly (no partial file under a final name, the journal consistent).
+    """
+    checked = validate_targets(targets)
+    settings = attrs.evolve(options, **option_values) if options else BatchOptions(**option_values)
+    directory = pathlib.Path(out_dir)
+    owned: SqliteJournal | None = None
+    if journal is None or isinstance(journal, (str, os.PathLike)):
+        owned = await anyio.to_thread.run_sync(SqliteJournal, journal)
+        store: Journal = owned
+    else:
+        store = journal
+    results_send, results_recv = anyio.create_memory_object_stream[BatchResult](64)
+    pipeline = _Pipeline(
+        client, checked, directory, AsyncJournal(store), progress, settings, results_send
+    )
+    # The pipeline runs in its own task, so this generator never yields inside a cancel scope
+    # and can be closed from any task.
+    runner = asyncio.ensure_future(_run_pipeline(pipeline, inputs))
+    try:
+        async with results_recv:
+            async for result in results_recv:
+                yield result
+        await runner
+    finally:
+        if not runner.done():
+            runner.cancel()
+        with anyio.CancelScope(shield=True), contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait([runner])
+            if owned is not None:
+                await anyio.to_thread.run_sync(owned.close)

@@ -1,0 +1,314 @@
+"""The batch journal: what each input has reached, so a re-run resumes and never bills twice.
+
+One row per (input, target set): content identity (size, mtime, SHA-256), the asset and when it
+was uploaded, the client token written *before* ``POST /tasks``, the task id, and one row per
+downloaded output with its SHA-256. SQLite in WAL mode: every write is its own transaction, so
+the file is consistent after a ``kill -9`` at any moment.
+
+:class:`Journal` is the interface the engine uses; :class:`SqliteJournal` the embedded store.
+The engine calls it through :class:`AsyncJournal`, which runs each call on one worker thread so
+the event loop never blocks on disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+import anyio
+import anyio.to_thread
+import attrs
+
+__all__ = ["AsyncJournal", "ItemRecord", "Journal", "OutputRecord", "SqliteJournal"]
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    source TEXT NOT NULL,
+    targets TEXT NOT NULL,
+    size INTEGER,
+    mtime_ns INTEGER,
+    sha256 TEXT,
+    asset_id TEXT,
+    asset_uploaded_at REAL,
+    token TEXT,
+    task_id TEXT,
+    status TEXT NOT NULL DEFAULT 'pending',
+    error TEXT,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (source, targets)
+);
+CREATE TABLE IF NOT EXISTS outputs (
+    source TEXT NOT NULL,
+    targets TEXT NOT NULL,
+    filename TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    sha256 TEXT,
+    written_at REAL NOT NULL,
+    PRIMARY KEY (source, targets, filename)
+);
+CREATE TABLE IF NOT EXISTS dirs (
+    name TEXT PRIMARY KEY,
+    source TEXT NOT NULL UNIQUE
+);
+CREATE INDEX IF NOT EXISTS items_token ON items(token);
+"""
+
+
+@attrs.frozen
+class OutputRecord:
+    """A downloaded output file (relative to the item's directory)."""
+
+    filename: str
+    size: int
+    sha256: str | None
+
+
+@attrs.frozen
+class ItemRecord:
+    """Everything recorded for one input and target set."""
+
+    source: str
+    targets: str
+    size: int | None = None
+    mtime_ns: int | None = None
+    sha256: str | None = None
+    asset_id: str | None = None
+    asset_uploaded_at: float | None = None
+    token: str | None = None
+    task_id: str | None = None
+    status: str = "pending"
+    error: str | None = None
+    outputs: tuple[OutputRecord, ...] = ()
+
+
+class Journal(Protocol):
+    """What the batch engine needs from a store; every method is synchronous and durable."""
+
+    def lookup(self, source: str, targets: str) -> ItemRecord | None:
+        """The record of this input and target set, with its outputs."""
+
+    def claim_dir(self, source: str, stem: str) -> str:
+        """A directory name for ``source``, unique in the batch and stable across runs."""
+
+    def reset(
+        self, source: str, targets: str, size: int | None, mtime_ns: int | None, sha256: str | None
+    ) -> None:
+        """Start the item afresh (new or changed input): forget asset, task and outputs."""
+
+    def touch_source(self, source: str, targets: str, size: int, mtime_ns: int) -> None:
+        """The file was touched but its content is unchanged: remember the new stat."""
+
+    def record_asset(
+        self,
+        source: str,
+        targets: str,
+        asset_id: str | None,
+        uploaded_at: float | None,
+        sha256: str | None = None,
+    ) -> None:
+        """The upload finished (or, with None, the asset is gone and must be uploaded again)."""
+
+    def record_intent(self, source: str, targets: str, token: str) -> None:
+        """About to ``POST /tasks`` carrying ``token`` in its metadata."""
+
+    def record_task(self, source: str, targets: str, task_id: str | None) -> None:
+        """The task exists (or, with None, it is gone and must be created again)."""
+
+    def record_output(self, source: str, targets: str, output: OutputRecord) -> None:
+        """One output file is complete on disk."""
+
+    def finish(self, source: str, targets: str, status: str, error: str | None) -> None:
+        """The item ended (``done`` or ``failed``)."""
+
+    def close(self) -> None:
+        """Release the store."""
+
+
+class SqliteJournal:
+    """The embedded journal: one SQLite file (WAL), usable from one thread at a time."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self._temporary: str | None = None
+        if path is None:
+            # No journal asked for: keep the bookkeeping on disk anyway, not in RAM.
+            handle, self._temporary = tempfile.mkstemp(prefix="audioshake-journal-", suffix=".db")
+            os.close(handle)
+            path = self._temporary
+        else:
+            parent = os.path.dirname(os.fspath(path))
+            if parent:
+                os.makedirs(parent, exist_ok=True)
+        self.path = os.fspath(path)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode survives a process crash (kill -9); only power loss can cost the
+        # last commits, which the engine tolerates (it reconciles by token).
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        with self._db:
+            self._db.executescript(_SCHEMA)
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def __repr__(self) -> str:
+        return f"SqliteJournal({self.path!r})"
+
+    def _write(self, sql: str, params: tuple[Any, ...]) -> None:
+        with self._lock:
+            self._db.execute(sql, params)
+
+    def lookup(self, source: str, targets: str) -> ItemRecord | None:
+        """The record of this input and target set, with its outputs."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT size, mtime_ns, sha256, asset_id, asset_uploaded_at, token, task_id,"
+                " status, error FROM items WHERE source=? AND targets=?",
+                (source, targets),
+            ).fetchone()
+            if row is None:
+                return None
+            outputs = self._db.execute(
+                "SELECT filename, size, sha256 FROM outputs WHERE source=? AND targets=?"
+                " ORDER BY filename",
+                (source, targets),
+            ).fetchall()
+        size, mtime_ns, sha256, asset_id, uploaded_at, token, task_id, status, error = row
+        return ItemRecord(
+            source,
+            targets,
+            size,
+            mtime_ns,
+            sha256,
+            asset_id,
+            uploaded_at,
+            token,
+            task_id,
+            status,
+            error,
+            outputs=tuple(OutputRecord(*o) for o in outputs),
+        )
+
+    def claim_dir(self, source: str, stem: str) -> str:
+        """A directory name for ``source``, unique in the batch and stable across runs."""
+        with self._lock:
+            row = self._db.execute("SELECT name FROM dirs WHERE source=?", (source,)).fetchone()
+            if row is not None:
+                return str(row[0])
+            candidate, counter = stem, 2
+            while True:
+                try:
+                    self._db.execute(
+                        "INSERT INTO dirs(name, source) VALUES (?, ?)", (candidate, source)
+                    )
+                except sqlite3.IntegrityError:
+                    candidate = f"{stem}-{counter}"
+                    counter += 1
+                else:
+                    return candidate
+
+    def reset(
+        self, source: str, targets: str, size: int | None, mtime_ns: int | None, sha256: str | None
+    ) -> None:
+        """Start the item afresh (new or changed input): forget asset, task and outputs."""
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
+            self._db.execute("DELETE FROM outputs WHERE source=? AND targets=?", (source, targets))
+            self._db.execute(
+                "INSERT INTO items(source, targets, size, mtime_ns, sha256, status, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, 'pending', ?)"
+                " ON CONFLICT(source, targets) DO UPDATE SET size=excluded.size,"
+                " mtime_ns=excluded.mtime_ns, sha256=excluded.sha256, asset_id=NULL,"
+                " asset_uploaded_at=NULL, token=NULL, task_id=NULL, status='pending',"
+                " error=NULL, updated_at=excluded.updated_at",
+                (source, targets, size, mtime_ns, sha256, time.time()),
+            )
+
+    def touch_source(self, source: str, targets: str, size: int, mtime_ns: int) -> None:
+        """The file was touched but its content is unchanged: remember the new stat."""
+        self._write(
+            "UPDATE items SET size=?, mtime_ns=?, updated_at=? WHERE source=? AND targets=?",
+            (size, mtime_ns, time.time(), source, targets),
+        )
+
+    def record_asset(
+        self,
+        source: str,
+        targets: str,
+        asset_id: str | None,
+        uploaded_at: float | None,
+        sha256: str | None = None,
+    ) -> None:
+        """The upload finished (or, with None, the asset is gone and must be uploaded again)."""
+        self._write(
+            "UPDATE items SET asset_id=?, asset_uploaded_at=?,"
+            " sha256=COALESCE(?, sha256), updated_at=? WHERE source=? AND targets=?",
+            (asset_id, uploaded_at, sha256, time.time(), source, targets),
+        )
+
+    def record_intent(self, source: str, targets: str, token: str) -> None:
+        """About to ``POST /tasks`` carrying ``token`` in its metadata."""
+        self._write(
+            "UPDATE items SET token=?, status='creating', updated_at=?"
+            " WHERE source=? AND targets=?",
+            (token, time.time(), source, targets),
+        )
+
+    def record_task(self, source: str, targets: str, task_id: str | None) -> None:
+        """The task exists (or, with None, it is gone and must be created again)."""
+        status = "created" if task_id else "pending"
+        self._write(
+            "UPDATE items SET task_id=?, status=?, updated_at=? WHERE source=? AND targets=?",
+            (task_id, status, time.time(), source, targets),
+        )
+
+    def record_output(self, source: str, targets: str, output: OutputRecord) -> None:
+        """One output file is complete on disk."""
+        self._write(
+            "INSERT OR REPLACE INTO outputs(source, targets, filename, size, sha256, written_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (source, targets, output.filename, output.size, output.sha256, time.time()),
+        )
+
+    def finish(self, source: str, targets: str, status: str, error: str | None) -> None:
+        """The item ended (``done`` or ``failed``)."""
+        self._write(
+            "UPDATE items SET status=?, error=?, updated_at=? WHERE source=? AND targets=?",
+            (status, error, time.time(), source, targets),
+        )
+
+    def counts(self) -> dict[str, int]:
+        """Items per status (for reports)."""
+        with self._lock:
+            rows = self._db.execute("SELECT status, COUNT(*) FROM items GROUP BY status").fetchall()
+        return {str(status): int(count) for status, count in rows}
+
+    def close(self) -> None:
+        """Close the database (and delete it when it was a temporary one)."""
+        with self._lock:
+            self._db.close()
+        if self._temporary:
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._temporary + suffix)
+
+
+class AsyncJournal:
+    """Runs a synchronous :class:`Journal` on one worker thread, one call at a time."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+        self._limiter = anyio.CapacityLimiter(1)
+
+    async def call(self, method: Callable[..., T], *args: Any) -> T:
+        """Run ``method(*args)`` off the event loop."""
+        return await anyio.to_thread.run_sync(method, *args, limiter=self._limiter)
