@@ -17,11 +17,14 @@ from .events import (
 )
 from .inputs import expand_inputs
 from .journal import AsyncJournal, ItemRecord, Journal, OutputRecord, SqliteJournal
+from .provider import AudioShakeProvider, BatchProvider
 
 __all__ = [
     "AsyncJournal",
+    "AudioShakeProvider",
     "BatchEvent",
     "BatchOptions",
+    "BatchProvider",
     "BatchResult",
     "FileWritten",
     "ItemDone",

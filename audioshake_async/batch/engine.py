@@ -74,6 +74,7 @@ from .events import (
     UploadProgress,
 )
 from .journal import AsyncJournal, ItemRecord, Journal, OutputRecord, SqliteJournal
+from .provider import AudioShakeProvider, BatchProvider
 
 if TYPE_CHECKING:
     from ..client import AudioShake
@@ -198,7 +199,7 @@ class _Pipeline:
 
     def __init__(
         self,
-        client: AudioShake,
+        provider: BatchProvider,
         targets: tuple[Target, ...],
         out_dir: pathlib.Path,
         journal: AsyncJournal,
@@ -206,7 +207,7 @@ class _Pipeline:
         options: BatchOptions,
         results: MemoryObjectSendStream[BatchResult],
     ) -> None:
-        self.client = client
+        self.provider = provider
         self.targets = targets
         self.signature = targets_signature(targets)
         self.out_dir = out_dir
@@ -214,7 +215,7 @@ class _Pipeline:
         self.progress = progress
         self.options = options
         self.results = results
-        self.poll = options.poll or client.poll
+        self.poll = options.poll or provider.poll
         self.in_flight = anyio.Semaphore(options.max_in_flight)
         self.watcher = _Watcher(self)
         self.cwd = os.getcwd()
@@ -396,12 +397,12 @@ class _Pipeline:
         def on_progress(sent: int, total: int) -> None:
             self.emit(UploadProgress(display, sent, total))
 
-        asset = await self.client.assets.upload(path, progress=on_progress)
-        item.asset_id = asset.id
+        asset_id = await self.provider.upload(path, on_progress)
+        item.asset_id = asset_id
         await self.journal.call(
-            journal.record_asset, item.source, self.signature, asset.id, time.time(), item.sha256
+            journal.record_asset, item.source, self.signature, asset_id, time.time(), item.sha256
         )
-        self.emit(Uploaded(display, asset.id, item.size or 0))
+        self.emit(Uploaded(display, asset_id, item.size or 0))
 
     # ------------------------------------------------------------------ create
 
@@ -431,14 +432,12 @@ class _Pipeline:
         last_error: BaseException | None = None
         for attempt in range(1, self.options.create_attempts + 1):
             try:
-                if item.is_url:
-                    task = await self.client.tasks.create(
-                        url=item.source, targets=self.targets, metadata=metadata
-                    )
-                else:
-                    task = await self.client.tasks.create(
-                        asset_id=item.asset_id, targets=self.targets, metadata=metadata
-                    )
+                task = await self.provider.create(
+                    source=None if item.is_url else item.asset_id,
+                    url=item.source if item.is_url else None,
+                    targets=self.targets,
+                    metadata=metadata,
+                )
             except (errors.APIConnectionError, errors.ServerError, errors.RateLimitError) as exc:
                 last_error = exc
                 logger.info(
@@ -450,7 +449,7 @@ class _Pipeline:
                 if found is not None:
                     await self._adopt(item, found, recovered=True)
                     return
-                await anyio.sleep(self.client.transport.retry.delay(attempt, random.random()))
+                await anyio.sleep(self.provider.retry.delay(attempt, random.random()))
                 continue
             except errors.NotFoundError as exc:
                 if item.is_url or item.reuploaded:
@@ -479,9 +478,11 @@ class _Pipeline:
 
     async def find_by_token(self, token: str) -> Task | None:
         """Search recent tasks for one whose metadata carries ``token``."""
+        if not self.provider.supports_listing:
+            return None
         skip = 0
         for _ in range(self.options.reconcile_pages):
-            page = await self.client.tasks.page(skip=skip, take=MAX_PAGE_SIZE)
+            page = await self.provider.page(skip=skip, take=MAX_PAGE_SIZE)
             for task in page:
                 if task.metadata and token in task.metadata and _token_of(task) == token:
                     return task
@@ -539,7 +540,7 @@ class _Pipeline:
                 item.files.append(job.path)
                 return
         assert item.task is not None
-        done = await self.client.fetch_output(
+        done = await self.provider.fetch_output(
             item.task, job.output, job.path, checksum=self.options.checksum
         )
         record = OutputRecord(job.path.name, done.size, done.sha256)
@@ -617,10 +618,10 @@ class _Watcher:
 
     async def _refresh(self, due: list[_Item]) -> None:
         options = self.pipeline.options
-        client = self.pipeline.client
+        provider = self.pipeline.provider
         snapshots: dict[str, Task] = {}
         pages_estimate = math.ceil(len(self.pending) / MAX_PAGE_SIZE) + 1
-        if options.list_refresh and len(due) > 2 * pages_estimate:
+        if options.list_refresh and provider.supports_listing and len(due) > 2 * pages_estimate:
             snapshots = await self._refresh_by_list(
                 {item.task_id for item in due if item.task_id}, pages_estimate
             )
@@ -632,7 +633,7 @@ class _Watcher:
             assert item.task_id is not None
             async with limiter:
                 try:
-                    snapshots[item.task_id] = await client.tasks.get(item.task_id)
+                    snapshots[item.task_id] = await provider.get(item.task_id)
                 except errors.AudioShakeError as exc:
                     failures[item.task_id] = exc
 
@@ -666,7 +667,7 @@ class _Watcher:
         skip = 0
         for _ in range(max(3, 2 * pages_estimate)):
             try:
-                page = await self.pipeline.client.tasks.page(skip=skip, take=MAX_PAGE_SIZE)
+                page = await self.pipeline.provider.page(skip=skip, take=MAX_PAGE_SIZE)
             except errors.AudioShakeError as exc:
                 logger.info("list refresh failed (%s); falling back to single gets", exc)
                 break
@@ -758,7 +759,7 @@ async def _run_pipeline(pipeline: _Pipeline, inputs: Iterable[Any] | AsyncIterab
 
 
 async def run_batch(
-    client: AudioShake,
+    client: AudioShake | BatchProvider,
     inputs: Iterable[str | os.PathLike[str]] | AsyncIterable[str | os.PathLike[str]],
     *,
     targets: Sequence[Target],
@@ -769,6 +770,9 @@ async def run_batch(
     **option_values: Any,
 ) -> AsyncGenerator[BatchResult, None]:
     """Process every input and yield one :class:`BatchResult` per input as each finishes.
+
+    ``client`` is an :class:`~audioshake_async.AudioShake` client or any
+    :class:`~audioshake_async.batch.provider.BatchProvider` (legacy Jobs, Music.AI).
 
     ``journal`` is a path to the SQLite journal (resume and no double billing across runs), a
     :class:`Journal`, or None for a throw-away one. Extra keyword arguments set
@@ -785,8 +789,9 @@ async def run_batch(
     else:
         store = journal
     results_send, results_recv = anyio.create_memory_object_stream[BatchResult](64)
+    provider = client if isinstance(client, BatchProvider) else AudioShakeProvider(client)
     pipeline = _Pipeline(
-        client, checked, directory, AsyncJournal(store), progress, settings, results_send
+        provider, checked, directory, AsyncJournal(store), progress, settings, results_send
     )
     # The pipeline runs in its own task, so this generator never yields inside a cancel scope
     # and can be closed from any task.
