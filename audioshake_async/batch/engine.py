@@ -150,6 +150,13 @@ def _stem_of(source: str, is_url: bool) -> str:
     return safe_filename(pathlib.Path(source).stem, fallback="input")
 
 
+def _upload_name(filename: str) -> str:
+    """``song.wav`` -> ``song.ab12cd34ef.wav``: unique, same extension (the type)."""
+    stem, dot, ext = filename.rpartition(".")
+    tag = uuid.uuid4().hex[:10]
+    return f"{stem}.{tag}.{ext}" if dot and stem else f"{filename}.{tag}"
+
+
 def _hash_file(path: pathlib.Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -170,6 +177,7 @@ class _Item:
     mtime_ns: int | None = None
     sha256: str | None = None
     asset_id: str | None = None
+    upload_name: str | None = None
     token: str | None = None
     task_id: str | None = None
     task: Task | None = None
@@ -312,6 +320,7 @@ class _Pipeline:
         if record is not None:
             item.known_outputs = {o.filename: o for o in record.outputs}
             item.token, item.task_id = record.token, record.task_id
+            item.upload_name = record.upload_name
             if record.status == "done" and await self._outputs_present(item):
                 item.finished = True
                 item.files = [item.directory / name for name in sorted(item.known_outputs)]
@@ -397,7 +406,26 @@ class _Pipeline:
         def on_progress(sent: int, total: int) -> None:
             self.emit(UploadProgress(display, sent, total))
 
-        asset_id = await self.provider.upload(path, on_progress)
+        if item.upload_name is not None:
+            # An earlier run was stopped during this upload: it may have completed.
+            found = await self.provider.find_upload(item.upload_name)
+            if found is not None:
+                item.asset_id = found
+                await self.journal.call(
+                    journal.record_asset,
+                    item.source,
+                    self.signature,
+                    found,
+                    time.time(),
+                    item.sha256,
+                )
+                self.emit(Uploaded(display, found, item.size or 0, reused=True))
+                return
+        item.upload_name = _upload_name(path.name)
+        await self.journal.call(
+            journal.record_upload_intent, item.source, self.signature, item.upload_name
+        )
+        asset_id = await self.provider.upload(path, item.upload_name, on_progress)
         item.asset_id = asset_id
         await self.journal.call(
             journal.record_asset, item.source, self.signature, asset_id, time.time(), item.sha256
@@ -457,6 +485,7 @@ class _Pipeline:
                 # The asset expired or vanished: upload again, once.
                 logger.info("asset of %s not found (%s); uploading again", item.display, exc)
                 item.reuploaded = True
+                item.upload_name = None
                 await self.journal.call(
                     journal.record_asset, item.source, self.signature, None, None, None
                 )

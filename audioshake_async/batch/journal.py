@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS items (
     sha256 TEXT,
     asset_id TEXT,
     asset_uploaded_at REAL,
+    upload_name TEXT,
     token TEXT,
     task_id TEXT,
     status TEXT NOT NULL DEFAULT 'pending',
@@ -84,6 +85,7 @@ class ItemRecord:
     sha256: str | None = None
     asset_id: str | None = None
     asset_uploaded_at: float | None = None
+    upload_name: str | None = None
     token: str | None = None
     task_id: str | None = None
     status: str = "pending"
@@ -117,6 +119,9 @@ class Journal(Protocol):
         sha256: str | None = None,
     ) -> None:
         """The upload finished (or, with None, the asset is gone and must be uploaded again)."""
+
+    def record_upload_intent(self, source: str, targets: str, upload_name: str) -> None:
+        """About to upload the file under the unique name ``upload_name``."""
 
     def record_intent(self, source: str, targets: str, token: str) -> None:
         """About to ``POST /tasks`` carrying ``token`` in its metadata."""
@@ -171,7 +176,8 @@ class SqliteJournal:
         """The record of this input and target set, with its outputs."""
         with self._lock:
             row = self._db.execute(
-                "SELECT size, mtime_ns, sha256, asset_id, asset_uploaded_at, token, task_id,"
+                "SELECT size, mtime_ns, sha256, asset_id, asset_uploaded_at, upload_name, token,"
+                " task_id,"
                 " status, error FROM items WHERE source=? AND targets=?",
                 (source, targets),
             ).fetchone()
@@ -182,7 +188,18 @@ class SqliteJournal:
                 " ORDER BY filename",
                 (source, targets),
             ).fetchall()
-        size, mtime_ns, sha256, asset_id, uploaded_at, token, task_id, status, error = row
+        (
+            size,
+            mtime_ns,
+            sha256,
+            asset_id,
+            uploaded_at,
+            upload_name,
+            token,
+            task_id,
+            status,
+            error,
+        ) = row
         return ItemRecord(
             source,
             targets,
@@ -191,6 +208,7 @@ class SqliteJournal:
             sha256,
             asset_id,
             uploaded_at,
+            upload_name,
             token,
             task_id,
             status,
@@ -228,7 +246,8 @@ class SqliteJournal:
                 " VALUES (?, ?, ?, ?, ?, 'pending', ?)"
                 " ON CONFLICT(source, targets) DO UPDATE SET size=excluded.size,"
                 " mtime_ns=excluded.mtime_ns, sha256=excluded.sha256, asset_id=NULL,"
-                " asset_uploaded_at=NULL, token=NULL, task_id=NULL, status='pending',"
+                " asset_uploaded_at=NULL, upload_name=NULL, token=NULL, task_id=NULL,"
+                " status='pending',"
                 " error=NULL, updated_at=excluded.updated_at",
                 (source, targets, size, mtime_ns, sha256, time.time()),
             )
@@ -253,6 +272,13 @@ class SqliteJournal:
             "UPDATE items SET asset_id=?, asset_uploaded_at=?,"
             " sha256=COALESCE(?, sha256), updated_at=? WHERE source=? AND targets=?",
             (asset_id, uploaded_at, sha256, time.time(), source, targets),
+        )
+
+    def record_upload_intent(self, source: str, targets: str, upload_name: str) -> None:
+        """About to upload the file under the unique name ``upload_name``."""
+        self._write(
+            "UPDATE items SET upload_name=?, updated_at=? WHERE source=? AND targets=?",
+            (upload_name, time.time(), source, targets),
         )
 
     def record_intent(self, source: str, targets: str, token: str) -> None:

@@ -39,8 +39,17 @@ class BatchProvider(Protocol):
     #: after an ambiguous create and refreshing many tasks per request.
     supports_listing: bool
 
-    async def upload(self, path: pathlib.Path, progress: Callable[[int, int], None]) -> str:
-        """Upload a local file; return the reference ``create`` takes as ``source``."""
+    async def upload(
+        self, path: pathlib.Path, name: str, progress: Callable[[int, int], None]
+    ) -> str:
+        """Upload a local file under ``name``; return the reference ``create`` takes."""
+
+    async def find_upload(self, name: str) -> str | None:
+        """The reference of an earlier upload named ``name``, if the service kept it.
+
+        Uploads carry a unique name, so a run killed mid-upload can find an upload that
+        completed on the server before its answer arrived, instead of sending it again.
+        """
 
     async def create(
         self, *, source: str | None, url: str | None, targets: Sequence[Target], metadata: str
@@ -73,11 +82,21 @@ class AudioShakeProvider:
         self.client = client
         self.poll = client.poll
         self.retry = client.transport.retry
+        # GET /assets lists every asset at once: fetched once per run, only when resuming.
+        self._assets: dict[str, str] | None = None
 
-    async def upload(self, path: pathlib.Path, progress: Callable[[int, int], None]) -> str:
+    async def upload(
+        self, path: pathlib.Path, name: str, progress: Callable[[int, int], None]
+    ) -> str:
         """``POST /assets``; the asset id is the source reference."""
-        asset = await self.client.assets.upload(path, progress=progress)
+        asset = await self.client.assets.upload(path, filename=name, progress=progress)
         return asset.id
+
+    async def find_upload(self, name: str) -> str | None:
+        """Search ``GET /assets`` (every asset of the account) for ``name``."""
+        if self._assets is None:
+            self._assets = {a.name: a.id for a in await self.client.assets.list() if a.name}
+        return self._assets.get(name)
 
     async def create(
         self, *, source: str | None, url: str | None, targets: Sequence[Target], metadata: str
