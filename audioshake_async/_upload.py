@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import pathlib
+import re
 import stat as stat_module
 from collections.abc import AsyncIterator, Callable
 from typing import BinaryIO
@@ -31,6 +32,8 @@ __all__ = ["ProgressCallback", "UploadSource", "prepare_upload"]
 ProgressCallback = Callable[[int, int], None]
 
 CHUNK_SIZE = 1 << 20
+
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class _ChunkedPayload(Payload):
@@ -97,7 +100,13 @@ class UploadSource:
         """A fresh ``multipart/form-data`` body with the file in field ``file``."""
         writer = MultipartWriter("form-data")
         payload = _ChunkedPayload(self, progress)
-        payload.set_content_disposition("form-data", name="file", filename=self.filename)
+        # aiohttp's default quoting percent-encodes the file name ("my song.wav" arrives as
+        # "my%20song.wav": RFC 7578 servers take it literally). Send UTF-8 as curl and browsers
+        # do, with control characters replaced so a name cannot break the part's headers.
+        header_name = _CONTROL_CHARS.sub("_", self.filename)
+        payload.set_content_disposition(
+            "form-data", quote_fields=False, name="file", filename=header_name
+        )
         writer.append_payload(payload)
         # Content-Length is known, so the server sees a sized body instead of chunked encoding.
         writer.headers.pop(hdrs.TRANSFER_ENCODING, None)
