@@ -156,6 +156,18 @@ def _connection_error(
     return cls(message, method=method, url=redact_url(url))
 
 
+def _own_error(exc: BaseException) -> errors.AudioShakeError | None:
+    """This package's error that ``exc`` wraps (aiohttp sets it as the cause), if any."""
+    cause = exc.__cause__
+    for _ in range(5):
+        if cause is None:
+            return None
+        if isinstance(cause, errors.AudioShakeError):
+            return cause
+        cause = cause.__cause__
+    return None
+
+
 class Transport:
     """Owns the aiohttp session of one client and performs every HTTP request."""
 
@@ -315,6 +327,11 @@ class Transport:
                 await self._backoff(method, url, attempt, type(exc).__name__, None)
                 continue
             except _TRANSIENT as exc:
+                own = _own_error(exc)
+                if own is not None:
+                    # aiohttp wraps an error raised by our own upload body (the file changed
+                    # size) as a connection error; it is not transient, so do not retry it.
+                    raise own from None
                 if retry is Retry.BEFORE_SEND:
                     logger.warning(
                         "%s %s: no answer after sending (%s); outcome unknown",
