@@ -24,7 +24,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
 
+from audioshake_async import AudioShake, RetryPolicy
+
 API_KEY = "sk-test-ZEBRA-7f3a91c2-key"  # distinctive: searched for in logs and errors
+#: Retries without real waiting: tests stay fast and never depend on timing.
+FAST_RETRY = RetryPolicy(max_retries=3, base_delay=0.01, max_delay=0.05)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -54,6 +58,14 @@ async def serve(app: web.Application, *, port: int | None = None) -> AsyncIterat
         await server.close()
 
 
+@contextlib.asynccontextmanager
+async def api_client(api: FakeAPI, **kwargs: Any) -> AsyncIterator[AudioShake]:
+    """A client of ``api`` served on loopback, with fast retries unless told otherwise."""
+    kwargs.setdefault("retry", FAST_RETRY)
+    async with serve(api.app) as server, AudioShake(API_KEY, base_url(server), **kwargs) as client:
+        yield client
+
+
 def base_url(server: TestServer) -> str:
     return str(server.make_url("")).rstrip("/")
 
@@ -66,9 +78,15 @@ def free_port() -> int:
         return port
 
 
+async def drain(request: web.Request) -> None:
+    """Read and discard the whole body (any size: no client_max_size limit)."""
+    while await request.content.read(1 << 16):
+        pass
+
+
 async def drop_connection(request: web.Request) -> web.StreamResponse:
     """Read the request, then close the connection without answering."""
-    await request.read()
+    await drain(request)
     assert request.transport is not None
     request.transport.close()
     return web.Response(status=500, text="never sent")
@@ -105,7 +123,9 @@ class FakeAPI:
     """A scriptable AudioShake API.
 
     ``faults[route]`` is a list of actions consumed one per request before the normal handler:
-    an int status (503, 500, 401, ...), ``("429", retry_after)`` or ``"drop"``. Task snapshots
+    an int status (503, 500, 401, ...), ``("429", retry_after)``, ``("json", status, body)``,
+    ``("read+", status)`` (read the upload fully first), a float (delay, then carry on) or
+    ``"drop"``. Task snapshots
     are scripted per id in ``scripts``: each ``GET /tasks/{id}`` returns the next one (the last
     repeats). ``link_for`` builds output links, called on every task read so links are fresh.
     """
@@ -150,7 +170,7 @@ class FakeAPI:
             if action == "drop":
                 return await drop_connection(request)
             if isinstance(action, tuple) and action[0] == "429":
-                await request.read()
+                await drain(request)
                 return json_response(
                     {"statusCode": 429, "error": "Too Many Requests", "message": "slow down"},
                     429,
@@ -161,8 +181,12 @@ class FakeAPI:
                 if request.method == "POST" and request.path == "/assets":
                     await read_multipart_file(request, seen)
                 return json_response({"message": "unavailable"}, action[1])
+            if isinstance(action, tuple) and action[0] == "json":
+                # ("json", status, body): drain the request, answer with this body.
+                await drain(request)
+                return json_response(action[2], action[1])
             if isinstance(action, int):
-                await request.read()
+                await drain(request)
                 return json_response(
                     {"statusCode": action, "error": "Error", "message": f"scripted {action}"},
                     action,
