@@ -1,0 +1,456 @@
+"""The API server: the AudioShake Tasks/Assets/Models/Webhooks routes plus ``/_emulator/``.
+
+Every API route requires ``x-api-key``. A middleware applies, in order: per-route request
+counting, injected latency, rate limiting (burst knob, then the token bucket), connection
+drops, injected 5xx, authentication, then the handler. Errors always use the
+``{"statusCode", "error", "message"}`` envelope, including aiohttp's own 404/405/413.
+
+``/_emulator/*`` is introspection the real API does not have: no key, no faults, no rate
+limit, and only answered to loopback clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import json
+from pathlib import PurePosixPath, PureWindowsPath
+from typing import Any, Protocol
+
+import aiofiles
+from aiohttp import BodyPartReader, web
+
+from .catalog import MIME_TYPES, format_of, models_json
+from .cdn import FileEntry
+from .config import EmulatorConfig
+from .errors import ApiError, error_response
+from .processing import Processor
+from .runtime import Runtime
+from .state import Asset, Target, Task
+from .validation import parse_int_param, parse_task, parse_webhook
+
+UPLOAD_CHUNK = 256 * 1024
+#: Bytes of multipart framing tolerated on top of ``max_upload_bytes`` in the up-front
+#: Content-Length check (the exact file size is enforced while streaming).
+MULTIPART_SLACK = 64 * 1024
+#: Largest JSON body accepted by the API routes.
+MAX_JSON_BODY = 1024 * 1024
+DROPPED = "audioshake_emulator_dropped"
+
+
+class Control(Protocol):
+    """What the introspection routes need from the emulator facade."""
+
+    def stats(self) -> dict[str, Any]: ...
+
+    def configure(self, **knobs: Any) -> EmulatorConfig: ...
+
+    def expire_links(self) -> None: ...
+
+    def expire_assets(self) -> int: ...
+
+    def output_digests(self, task_id: str) -> dict[str, str]: ...
+
+
+def route_name(request: web.Request) -> str:
+    """``"POST /tasks"``: method plus route template, the key of ``stats()["requests"]``."""
+    resource = request.match_info.route.resource
+    template = resource.canonical if resource is not None else "<unmatched>"
+    return f"{request.method} {template}"
+
+
+def is_loopback(remote: str | None) -> bool:
+    """True for a loopback peer address."""
+    if not remote:
+        return False
+    try:
+        return ipaddress.ip_address(remote.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _format_seconds(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _drop(request: web.Request) -> web.Response:
+    """Close the connection without answering; the client sees a server disconnect."""
+    request[DROPPED] = True
+    if request.transport is not None:
+        request.transport.close()
+    # Nothing reaches the client: the transport is closed before aiohttp writes this.
+    return web.Response(status=204)
+
+
+def _from_http_exception(request: web.Request, exc: web.HTTPException) -> web.Response:
+    if exc.status == 404:
+        message = f"Route {request.method}:{request.path} not found"
+    elif exc.status == 413:
+        message = "Request body is too large"
+    else:
+        message = exc.reason
+    headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+    return error_response(exc.status, message, headers)
+
+
+async def read_json(request: web.Request) -> Any:
+    """Parse a JSON body (400/415/413 with the error envelope when it is not one)."""
+    declared = request.headers.get("Content-Type")
+    ctype = request.content_type
+    if declared and not (ctype == "application/json" or ctype.endswith("+json")):
+        raise ApiError(415, f"Unsupported Media Type: {ctype}")
+    if request.content_length is not None and request.content_length > MAX_JSON_BODY:
+        raise ApiError(413, "Request body is too large")
+    raw = await request.read()
+    if not raw:
+        raise ApiError(400, "Body cannot be empty when content-type is set to 'application/json'")
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise ApiError(400, f"Body is not valid JSON: {exc}") from None
+
+
+def _safe_filename(name: str | None) -> str:
+    # Both separators: a Windows client may send C:\music\song.wav as the part filename.
+    base = PureWindowsPath(PurePosixPath(name or "").name).name.strip()
+    return base or "upload"
+
+
+class ApiHandlers:
+    """Route handlers of the API server."""
+
+    def __init__(self, rt: Runtime, processor: Processor, control: Control) -> None:
+        self.rt = rt
+        self.processor = processor
+        self.control = control
+
+    # --- middleware ----------------------------------------------------------------------
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Counting, faults, rate limiting and authentication (see module docstring)."""
+        if request.path.startswith("/_emulator/"):
+            if not is_loopback(request.remote):
+                return error_response(403, "emulator introspection is loopback-only")
+            return await self._call(request, handler)
+        stats = self.rt.store.stats
+        stats.requests[route_name(request)] += 1
+        response = await self._guarded(request, handler)
+        if not request.get(DROPPED):
+            stats.responses[str(response.status)] += 1
+        return response
+
+    async def _call(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        try:
+            response: web.StreamResponse = await handler(request)
+        except ApiError as exc:
+            return exc.response()
+        except web.HTTPException as exc:
+            return _from_http_exception(request, exc)
+        return response
+
+    async def _guarded(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        cfg = self.rt.config
+        faults = self.rt.faults
+        targeted = faults.applies_to(cfg, route_name(request))
+        if targeted and cfg.latency > 0:
+            faults.record("latency")
+            await asyncio.sleep(cfg.latency)
+        if faults.rate_limited(cfg):
+            headers = {}
+            if cfg.retry_after is not None:
+                headers["Retry-After"] = _format_seconds(cfg.retry_after)
+            return error_response(429, "Rate limit exceeded", headers)
+        if targeted and faults.roll(cfg.drop_rate):
+            faults.record("drop")
+            return _drop(request)
+        if targeted and faults.roll(cfg.fail_rate):
+            faults.record("fail")
+            status = faults.fail_status(cfg)
+            return error_response(status, f"Emulated server error ({status})")
+        key = request.headers.get("x-api-key", "")
+        if not hmac.compare_digest(key.encode(), cfg.api_key.encode()):
+            return error_response(401, "Invalid API key")
+        return await self._call(request, handler)
+
+    # --- assets --------------------------------------------------------------------------
+    def _check_credits(self) -> None:
+        credits = self.rt.config.credits
+        if credits is not None and credits <= 0:
+            raise ApiError(400, "Insufficient credits")
+
+    def sweep_expired_assets(self) -> None:
+        """Delete expired assets' files and forget them (documented: deleted after 72 h)."""
+        for asset in self.rt.store.pop_expired_assets():
+            self.rt.files.remove(asset.file_id)
+            asset.path.unlink(missing_ok=True)
+
+    def _live_asset(self, asset_id: str) -> Asset:
+        asset = self.rt.store.live_asset(asset_id)
+        if asset is None:
+            raise ApiError(404, "Cannot find asset")
+        return asset
+
+    async def upload_asset(self, request: web.Request) -> web.Response:
+        """``POST /assets``: stream the ``file`` part to disk, never holding it in memory."""
+        self._check_credits()
+        self.sweep_expired_assets()
+        limit = self.rt.config.max_upload_bytes
+        stats = self.rt.store.stats
+        if request.content_length is not None and request.content_length > limit + MULTIPART_SLACK:
+            stats.uploads_rejected += 1
+            raise ApiError(413, f"File exceeds the maximum size of {limit} bytes", close=True)
+        if not request.content_type.startswith("multipart/"):
+            raise ApiError(400, "Request must be multipart/form-data with a 'file' field")
+        try:
+            reader = await request.multipart()
+        except (ValueError, AssertionError) as exc:
+            raise ApiError(400, f"Malformed multipart body: {exc}") from None
+        asset: Asset | None = None
+        while True:
+            part = await reader.next()
+            if part is None:
+                break
+            if (
+                asset is None
+                and isinstance(part, BodyPartReader)
+                and part.name == "file"
+                and part.filename is not None
+            ):
+                asset = await self._store_part(part, limit)
+            else:
+                await part.release()  # reads and discards: other fields are ignored
+        if asset is None:
+            raise ApiError(400, "body must have required property 'file'")
+        self.rt.store.add_asset(asset)
+        stats.bytes_uploaded += asset.size
+        self.rt.files.add(
+            asset.file_id, FileEntry(asset.path, asset.name, asset.mime_type, asset=asset)
+        )
+        return web.json_response(asset.upload_json(self.rt.asset_link(asset)))
+
+    async def _store_part(self, part: BodyPartReader, limit: int) -> Asset:
+        name = _safe_filename(part.filename)
+        part_type = part.headers.get("Content-Type")
+        fmt = format_of(name, part_type)
+        if fmt is None:
+            await part.release()
+            raise ApiError(400, f"Unsupported file format: {name}")
+        store = self.rt.store
+        asset_id = store.ids.new()
+        folder = self.rt.workdir / "assets" / asset_id
+        folder.mkdir(parents=True)
+        path = folder / name
+        size = 0
+        try:
+            async with aiofiles.open(path, "wb") as fh:
+                while True:
+                    chunk = await part.read_chunk(UPLOAD_CHUNK)
+                    if not chunk:
+                        break
+                    size += len(chunk)
+                    if size > limit:
+                        store.stats.uploads_rejected += 1
+                        raise ApiError(
+                            413, f"File exceeds the maximum size of {limit} bytes", close=True
+                        )
+                    await fh.write(chunk)
+        except BaseException:
+            # Over the limit, client gone, or cancelled: no partial file stays behind.
+            path.unlink(missing_ok=True)
+            folder.rmdir()
+            raise
+        now = self.rt.clock()
+        mime = part_type.split(";")[0].strip() if part_type else ""
+        if not mime or mime == "application/octet-stream":
+            mime = MIME_TYPES[fmt].split(";")[0]
+        return Asset(
+            id=asset_id,
+            name=name,
+            format=fmt,
+            mime_type=mime,
+            path=path,
+            size=size,
+            created_at=now,
+            expires_at=now + self.rt.config.asset_ttl,
+            file_id=store.ids.new(),
+        )
+
+    async def list_assets(self, request: web.Request) -> web.Response:
+        """``GET /assets``: bare array, no links (as documented)."""
+        self.sweep_expired_assets()
+        return web.json_response([a.list_json() for a in self.rt.store.assets.values()])
+
+    async def get_asset(self, request: web.Request) -> web.Response:
+        """``GET /assets/{id}``: with ``mimeType`` and a fresh signed ``link``."""
+        asset = self._live_asset(request.match_info["id"])
+        return web.json_response(asset.get_json(self.rt.asset_link(asset)))
+
+    # --- tasks ---------------------------------------------------------------------------
+    async def create_task(self, request: web.Request) -> web.Response:
+        """``POST /tasks``: validate, create (all targets ``processing``), start processing."""
+        body = await read_json(request)
+        cfg = self.rt.config
+        parsed = parse_task(body, cfg.max_targets)
+        self._check_credits()
+        if parsed.asset_id is not None:
+            self._live_asset(parsed.asset_id)
+        for target_request in parsed.targets:
+            if target_request.transcript_asset_id is not None:
+                self._live_asset(target_request.transcript_asset_id)
+        store = self.rt.store
+        faults = self.rt.faults
+        targets = []
+        for t in parsed.targets:
+            forced = None
+            if t.model in cfg.error_models:
+                forced = f"Emulated failure: model '{t.model}' is in error_models"
+            elif faults.roll(cfg.target_error_rate):
+                forced = "Emulated processing failure (target_error_rate)"
+            targets.append(
+                Target(
+                    id=store.ids.new(),
+                    model=t.model,
+                    formats=list(t.formats),
+                    residual=t.residual,
+                    variant=t.variant,
+                    language=t.language,
+                    transcript_url=t.transcript_url,
+                    transcript_asset_id=t.transcript_asset_id,
+                    due=cfg.delay + faults.uniform(cfg.jitter),
+                    forced_error=forced,
+                )
+            )
+        task = Task(
+            id=store.ids.new(),
+            created_at=self.rt.clock(),
+            client_id=store.client_id,
+            targets=targets,
+            asset_id=parsed.asset_id,
+            url=parsed.url,
+            metadata=parsed.metadata,
+        )
+        task.snapshot_creation(self.rt.output_link)
+        store.add_task(task)
+        body_out = self.rt.render_task(task)
+        self.processor.submit(task)
+        if faults.roll(cfg.drop_after_create_rate):
+            # The ambiguous case: the task exists, but the client never learns its id.
+            faults.record("drop_after_create")
+            return _drop(request)
+        return web.json_response(body_out)
+
+    def _task(self, task_id: str) -> Task:
+        task = self.rt.store.tasks.get(task_id)
+        if task is None:
+            raise ApiError(404, "Cannot find task")
+        return task
+
+    async def get_task(self, request: web.Request) -> web.Response:
+        """``GET /tasks/{id}``: fresh links on every call; sometimes stale (``stale_rate``)."""
+        task = self._task(request.match_info["id"])
+        progressed = any(t.terminal for t in task.targets)
+        if progressed and self.rt.faults.roll(self.rt.config.stale_rate):
+            self.rt.faults.record("stale")
+            return web.json_response(task.creation_snapshot)
+        return web.json_response(self.rt.render_task(task))
+
+    async def list_tasks(self, request: web.Request) -> web.Response:
+        """``GET /tasks?skip&take``: bare array, newest first."""
+        skip = parse_int_param(request.query, "skip", 0, 0)
+        take = parse_int_param(request.query, "take", 10, 1, 100)
+        page = self.rt.store.newest_tasks(skip, take)
+        return web.json_response([self.rt.render_task(t) for t in page])
+
+    async def statistics(self, request: web.Request) -> web.Response:
+        """``GET /tasks/statistics?name=usage|distribution``."""
+        name = request.query.get("name", "usage")
+        if name == "usage":
+            return web.json_response(self.rt.store.usage())
+        if name == "distribution":
+            return web.json_response(self.rt.store.distribution())
+        raise ApiError(400, "querystring/name must be equal to one of the allowed values")
+
+    async def models(self, request: web.Request) -> web.Response:
+        """``GET /models``."""
+        return web.json_response(models_json())
+
+    # --- webhooks ([INFER] shape) --------------------------------------------------------
+    async def create_webhook(self, request: web.Request) -> web.Response:
+        """``POST /webhooks`` with ``{"url"}`` -> ``{"id", "url", "createdAt"}`` ([INFER])."""
+        url = parse_webhook(await read_json(request))
+        return web.json_response(self.rt.store.add_webhook(url).to_json())
+
+    async def list_webhooks(self, request: web.Request) -> web.Response:
+        """``GET /webhooks``: bare array ([INFER])."""
+        return web.json_response([w.to_json() for w in self.rt.store.webhooks.values()])
+
+    async def delete_webhook(self, request: web.Request) -> web.Response:
+        """``DELETE /webhooks/{id}``: 204, or 404 when unknown ([INFER])."""
+        if self.rt.store.webhooks.pop(request.match_info["id"], None) is None:
+            raise ApiError(404, "Cannot find webhook")
+        return web.Response(status=204)
+
+    # --- introspection -------------------------------------------------------------------
+    async def emu_stats(self, request: web.Request) -> web.Response:
+        """``GET /_emulator/stats``."""
+        return web.json_response(self.control.stats())
+
+    async def emu_get_config(self, request: web.Request) -> web.Response:
+        """``GET /_emulator/config``: current knobs."""
+        return web.json_response(self.rt.config.to_json())
+
+    async def emu_set_config(self, request: web.Request) -> web.Response:
+        """``POST /_emulator/config`` with a JSON object of knobs; answers the new knobs."""
+        body = await read_json(request)
+        if not isinstance(body, dict):
+            raise ApiError(400, "body must be an object of knobs")
+        try:
+            cfg = self.control.configure(**body)
+        except (TypeError, ValueError) as exc:
+            raise ApiError(400, str(exc)) from None
+        return web.json_response(cfg.to_json())
+
+    async def emu_expire_links(self, request: web.Request) -> web.Response:
+        """``POST /_emulator/expire-links``: every link handed out so far becomes invalid."""
+        self.control.expire_links()
+        return web.json_response({"expired": True})
+
+    async def emu_expire_assets(self, request: web.Request) -> web.Response:
+        """``POST /_emulator/expire-assets``: every asset is expired now."""
+        return web.json_response({"expired": self.control.expire_assets()})
+
+    async def emu_outputs(self, request: web.Request) -> web.Response:
+        """``GET /_emulator/tasks/{id}/outputs``: sha256 per ``<name>.<format>``."""
+        task_id = request.match_info["id"]
+        if task_id not in self.rt.store.tasks:
+            raise ApiError(404, "Cannot find task")
+        return web.json_response(self.control.output_digests(task_id))
+
+
+def create_api_app(rt: Runtime, processor: Processor, control: Control) -> web.Application:
+    """Build the API application."""
+    h = ApiHandlers(rt, processor, control)
+    # Uploads stream through request.multipart(), which client_max_size does not limit;
+    # it only bounds the JSON bodies read with request.read().
+    app = web.Application(middlewares=[h.middleware], client_max_size=MAX_JSON_BODY)
+    r = app.router
+    r.add_post("/assets", h.upload_asset)
+    r.add_get("/assets", h.list_assets)
+    r.add_get("/assets/{id}", h.get_asset)
+    r.add_post("/tasks", h.create_task)
+    r.add_get("/tasks", h.list_tasks)
+    # Registered before /tasks/{id} so "statistics" is not taken for a task id.
+    r.add_get("/tasks/statistics", h.statistics)
+    r.add_get("/tasks/{id}", h.get_task)
+    r.add_get("/models", h.models)
+    r.add_post("/webhooks", h.create_webhook)
+    r.add_get("/webhooks", h.list_webhooks)
+    r.add_delete("/webhooks/{id}", h.delete_webhook)
+    r.add_get("/_emulator/stats", h.emu_stats)
+    r.add_get("/_emulator/config", h.emu_get_config)
+    r.add_post("/_emulator/config", h.emu_set_config)
+    r.add_post("/_emulator/expire-links", h.emu_expire_links)
+    r.add_post("/_emulator/expire-assets", h.emu_expire_assets)
+    r.add_get("/_emulator/tasks/{id}/outputs", h.emu_outputs)
+    return app
