@@ -10,12 +10,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-from _servers import API_KEY, FakeAPI, base_url, drop_connection, free_port, json_response, serve
 from aiohttp import web
 
 from audioshake_async import _transport, errors
 from audioshake_async._protocol import RetryPolicy
 from audioshake_async._transport import Retry, Timeouts, Transport, _connection_error
+
+from ._servers import API_KEY, FakeAPI, base_url, drop_connection, free_port, json_response, serve
 
 FAST = RetryPolicy(max_retries=3, base_delay=0.01, max_delay=0.05)
 

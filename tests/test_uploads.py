@@ -9,11 +9,12 @@ import pathlib
 from typing import Any
 
 import pytest
-from _servers import API_KEY, FakeAPI, api_client
 
 from audioshake_async import RetryPolicy, errors
 from audioshake_async._upload import CHUNK_SIZE, UploadSource, prepare_upload
 from audioshake_async.models import MAX_UPLOAD_BYTES
+
+from ._servers import API_KEY, FakeAPI, api_client
 
 FAST = RetryPolicy(max_retries=3, base_delay=0.01, max_delay=0.05)
 SIZE = 3 * CHUNK_SIZE + 12345  # several chunks and a ragged tail
