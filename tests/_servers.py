@@ -45,6 +45,7 @@ class Seen:
     body_size: int | None = None
     part_filename: str | None = None
     part_content_type: str | None = None
+    body: bytes | None = None
 
 
 @contextlib.asynccontextmanager
@@ -116,6 +117,39 @@ async def read_multipart_file(request: web.Request, seen: Seen, chunk: int = 64 
     seen.part_content_type = part.headers.get("Content-Type")
 
 
+def canned_app(routes: dict[str, tuple[int, Any]], seen: list[Seen]) -> web.Application:
+    """Fixed JSON answers by ``"METHOD /path"`` (query string ignored), recording requests.
+
+    (aioresponses does not work with this aiohttp version, so plain JSON endpoints are tested
+    against this instead.)
+    """
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        seen.append(
+            Seen(
+                request.method,
+                request.path,
+                dict(request.query),
+                CIMultiDict(request.headers),
+                body=body,
+            )
+        )
+        key = f"{request.method} {request.path}"
+        if key not in routes:
+            return json_response({"statusCode": 404, "message": f"no route {key}"}, 404)
+        status, data = routes[key]
+        if isinstance(data, str):
+            return web.Response(status=status, text=data)
+        if data is None:
+            return web.Response(status=status)
+        return json_response(data, status)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    return app
+
+
 # --------------------------------------------------------------------------- fake API
 
 
@@ -141,6 +175,7 @@ class FakeAPI:
             f"https://cdn.invalid/{task_id}/{name}.{fmt}"
         )
         self.require_key = True
+        self.after_list: Callable[[], None] | None = None
         self.delay = 0.0
         self._ids = itertools.count(1)
         self._current: dict[int, Seen] = {}
@@ -270,7 +305,10 @@ class FakeAPI:
         skip = int(request.query.get("skip", 0))
         take = int(request.query.get("take", 10))
         page = self.task_list[skip : skip + take]
-        return json_response([self._with_links(t) for t in page])
+        body = [self._with_links(t) for t in page]
+        if self.after_list is not None:
+            self.after_list()  # e.g. a new task arrives, shifting the older ones
+        return json_response(body)
 
     async def _models(self, request: web.Request) -> web.StreamResponse:
         return json_response({"models": [{"id": "vocals", "access": "enabled"}]})
