@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from audioshake_async import RetryPolicy, errors
-from audioshake_async._upload import CHUNK_SIZE, UploadSource, prepare_upload
+from audioshake_async._upload import CHUNK_SIZE, prepare_upload
 from audioshake_async.models import MAX_UPLOAD_BYTES
 
 from ._servers import API_KEY, FakeAPI, api_client
@@ -134,18 +134,36 @@ async def test_validation_happens_before_any_request(tmp_path: pathlib.Path) -> 
     assert api.seen == []
 
 
+class _Collector:
+    """Stands in for aiohttp's stream writer: collects what a body writes."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    async def write(self, chunk: bytes) -> None:
+        self.chunks.append(bytes(chunk))
+
+
 @pytest.mark.parametrize("kind", ["path", "bytes", "fileobj"])
-async def test_chunks_replay_from_the_start(kind: str, song: pathlib.Path, payload: bytes) -> None:
-    source: Any = {"path": song, "bytes": payload}.get(kind) or open(song, "rb")  # noqa: SIM115, ASYNC230
+async def test_each_multipart_body_replays_the_whole_file(
+    kind: str, song: pathlib.Path, payload: bytes
+) -> None:
+    handle = open(song, "rb")  # noqa: SIM115, ASYNC230
+    source: Any = {"path": song, "bytes": payload, "fileobj": handle}[kind]
+    progress: list[int] = []
     try:
-        prepared: UploadSource = await prepare_upload(source, filename="song.wav")
-        first = [c async for c in prepared.chunks()]
-        second = [c async for c in prepared.chunks()]
+        prepared = await prepare_upload(source, filename="song.wav")
+        bodies = []
+        for _ in range(2):  # two attempts: the second must not find an exhausted source
+            collector = _Collector()
+            await prepared.multipart(lambda s, t: progress.append(s)).write(collector)  # type: ignore[arg-type]
+            bodies.append(b"".join(collector.chunks))
     finally:
-        if kind == "fileobj":
-            source.close()
-    assert b"".join(first) == b"".join(second) == payload
-    assert max(len(c) for c in first) <= CHUNK_SIZE and len(first) > 1
+        handle.close()
+    assert bodies[0].count(payload) == 1
+    assert len(bodies[0]) == len(bodies[1])  # same envelope size, same full content
+    assert bodies[1].count(payload) == 1
+    assert progress.count(SIZE) == 2
 
 
 # --------------------------------------------------------------------------- loopback uploads
