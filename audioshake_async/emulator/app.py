@@ -36,7 +36,6 @@ UPLOAD_CHUNK = 256 * 1024
 MULTIPART_SLACK = 64 * 1024
 #: Largest JSON body accepted by the API routes.
 MAX_JSON_BODY = 1024 * 1024
-DROPPED = "audioshake_emulator_dropped"
 
 
 class Control(Protocol):
@@ -74,13 +73,16 @@ def _format_seconds(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
+class _Dropped(web.Response):
+    """Marker: the connection was closed, this response never reaches the client."""
+
+
 def _drop(request: web.Request) -> web.Response:
     """Close the connection without answering; the client sees a server disconnect."""
-    request[DROPPED] = True
     if request.transport is not None:
         request.transport.close()
     # Nothing reaches the client: the transport is closed before aiohttp writes this.
-    return web.Response(status=204)
+    return _Dropped(status=204)
 
 
 def _from_http_exception(request: web.Request, exc: web.HTTPException) -> web.Response:
@@ -136,7 +138,7 @@ class ApiHandlers:
         stats = self.rt.store.stats
         stats.requests[route_name(request)] += 1
         response = await self._guarded(request, handler)
-        if not request.get(DROPPED):
+        if not isinstance(response, _Dropped):
             stats.responses[str(response.status)] += 1
         return response
 
