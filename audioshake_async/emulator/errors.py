@@ -13,8 +13,14 @@ from typing import Any
 from aiohttp import web
 
 
+#: Fastify's wording where Python's phrase differs (and changes between versions).
+_REASONS = {413: "Payload Too Large", 422: "Unprocessable Entity"}
+
+
 def reason(status: int) -> str:
     """The standard reason phrase of ``status`` (``"Too Many Requests"``...)."""
+    if status in _REASONS:
+        return _REASONS[status]
     try:
         return HTTPStatus(status).phrase
     except ValueError:
