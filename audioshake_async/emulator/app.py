@@ -332,9 +332,10 @@ class ApiHandlers:
             url=parsed.url,
             metadata=parsed.metadata,
         )
-        task.snapshot_creation(self.rt.output_link)
-        store.add_task(task)
         body_out = self.rt.render_task(task)
+        # Shared, not copied: nothing mutates it, json_response serializes it right away.
+        task.creation_snapshot = body_out
+        store.add_task(task)
         self.processor.submit(task)
         if faults.roll(cfg.drop_after_create_rate):
             # The ambiguous case: the task exists, but the client never learns its id.

@@ -12,7 +12,6 @@ from typing import Any
 
 from aiohttp import web
 
-
 #: Fastify's wording where Python's phrase differs (and changes between versions).
 _REASONS = {413: "Payload Too Large", 422: "Unprocessable Entity"}
 

@@ -25,7 +25,7 @@ from .state import Store, Target, Task
 from .webhooks import WebhookDispatcher
 
 #: Seconds aiohttp waits for in-flight requests when the emulator stops.
-SHUTDOWN_TIMEOUT = 2.0
+SHUTDOWN_TIMEOUT = 0.5
 
 
 def _advertised_host(host: str) -> str:

@@ -6,7 +6,6 @@ takes a ``link`` callable instead of knowing how links are made.
 
 from __future__ import annotations
 
-import copy
 import datetime as _dt
 import math
 import random
@@ -189,7 +188,7 @@ class Task:
     url: str | None = None
     metadata: str | None = None
     completed_at: float | None = None
-    #: JSON of the task as created, served by the ``stale_rate`` fault.
+    #: JSON of the task as created, served by the ``stale_rate`` fault (never mutated).
     creation_snapshot: dict[str, Any] = attrs.field(factory=dict)
 
     @property
@@ -223,10 +222,6 @@ class Task:
             out["metadata"] = self.metadata
         out["targets"] = [t.to_json(link) for t in self.targets]
         return out
-
-    def snapshot_creation(self, link: Callable[[OutputFile], str]) -> None:
-        """Remember the creation-time JSON for the stale-read fault."""
-        self.creation_snapshot = copy.deepcopy(self.to_json(link))
 
 
 @attrs.define

@@ -52,7 +52,9 @@ class WebhookDispatcher:
                 copies = 2
             for _ in range(copies):
                 delay = faults.uniform(cfg.webhook_delay_jitter)
-                sender = loop.create_task(self._deliver(hook.url, payload, delay))
+                sender = loop.create_task(
+                    self._deliver(hook.url, payload, delay), name="audioshake-emulator-webhook"
+                )
                 self._pending.add(sender)
                 sender.add_done_callback(self._pending.discard)
 
