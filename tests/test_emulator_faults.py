@@ -210,6 +210,8 @@ def test_config_validation() -> None:
         Emulator(failrate=0.5)
     with pytest.raises(ValueError, match="fail_statuses"):
         Emulator(fail_statuses=[404])
+    with pytest.raises(ValueError, match="unknown fault_routes"):
+        Emulator(fault_routes=["POST /task"])
 
 
 async def test_startup_knobs_frozen_at_run_time(emu: Emulator) -> None:

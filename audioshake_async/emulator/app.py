@@ -38,6 +38,23 @@ MULTIPART_SLACK = 64 * 1024
 MAX_JSON_BODY = 1024 * 1024
 
 
+#: Every API route as ``stats()["requests"]`` and ``fault_routes`` name it, in
+#: registration order.
+API_ROUTES = (
+    "POST /assets",
+    "GET /assets",
+    "GET /assets/{id}",
+    "POST /tasks",
+    "GET /tasks",
+    "GET /tasks/statistics",
+    "GET /tasks/{id}",
+    "GET /models",
+    "POST /webhooks",
+    "GET /webhooks",
+    "DELETE /webhooks/{id}",
+)
+
+
 class Control(Protocol):
     """What the introspection routes need from the emulator facade."""
 
@@ -438,18 +455,26 @@ def create_api_app(rt: Runtime, processor: Processor, control: Control) -> web.A
     # it only bounds the JSON bodies read with request.read().
     app = web.Application(middlewares=[h.middleware], client_max_size=MAX_JSON_BODY)
     r = app.router
-    r.add_post("/assets", h.upload_asset)
-    r.add_get("/assets", h.list_assets)
-    r.add_get("/assets/{id}", h.get_asset)
-    r.add_post("/tasks", h.create_task)
-    r.add_get("/tasks", h.list_tasks)
-    # Registered before /tasks/{id} so "statistics" is not taken for a task id.
-    r.add_get("/tasks/statistics", h.statistics)
-    r.add_get("/tasks/{id}", h.get_task)
-    r.add_get("/models", h.models)
-    r.add_post("/webhooks", h.create_webhook)
-    r.add_get("/webhooks", h.list_webhooks)
-    r.add_delete("/webhooks/{id}", h.delete_webhook)
+    api = {
+        "POST /assets": h.upload_asset,
+        "GET /assets": h.list_assets,
+        "GET /assets/{id}": h.get_asset,
+        "POST /tasks": h.create_task,
+        "GET /tasks": h.list_tasks,
+        "GET /tasks/statistics": h.statistics,
+        "GET /tasks/{id}": h.get_task,
+        "GET /models": h.models,
+        "POST /webhooks": h.create_webhook,
+        "GET /webhooks": h.list_webhooks,
+        "DELETE /webhooks/{id}": h.delete_webhook,
+    }
+    # API_ROUTES order matters: /tasks/statistics must come before /tasks/{id}.
+    for name in API_ROUTES:
+        method, path = name.split(" ", 1)
+        if method == "GET":
+            r.add_get(path, api[name])
+        else:
+            r.add_route(method, path, api[name])
     r.add_get("/_emulator/stats", h.emu_stats)
     r.add_get("/_emulator/config", h.emu_get_config)
     r.add_post("/_emulator/config", h.emu_set_config)

@@ -72,7 +72,10 @@ Renderer = Callable[[Path], list[tuple[str, Path]]]
 
 def _produce_job(render: Renderer, out_dir: Path) -> list[OutputFile]:
     """Worker-thread body: render the files, then hash them (also off the loop)."""
-    produced = render(out_dir)
+    try:
+        produced = render(out_dir)
+    except FileNotFoundError as exc:  # the asset expired (and was deleted) meanwhile
+        raise dsp.DspError(f"source file is gone (asset expired?): {exc.filename}") from exc
     outputs = []
     for name, path in produced:
         fmt = path.suffix.lstrip(".")

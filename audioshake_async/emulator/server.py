@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from .app import create_api_app
+from .app import API_ROUTES, create_api_app
 from .cdn import FileRegistry, LinkSigner, create_cdn_app
 from .config import STARTUP_ONLY_KNOBS, EmulatorConfig
 from .faults import FaultInjector
@@ -35,6 +35,14 @@ def _advertised_host(host: str) -> str:
     if host == "::":
         return "[::1]"
     return f"[{host}]" if ":" in host else host
+
+
+def _checked(config: EmulatorConfig) -> EmulatorConfig:
+    # A typo in fault_routes would silently disable the fault: refuse it instead.
+    unknown = sorted((config.fault_routes or frozenset()) - set(API_ROUTES))
+    if unknown:
+        raise ValueError(f"unknown fault_routes {unknown}; known routes: {', '.join(API_ROUTES)}")
+    return config
 
 
 class TasksView(Mapping[str, dict[str, Any]]):
@@ -63,7 +71,7 @@ class Emulator:
 
     def __init__(self, config: EmulatorConfig | None = None, /, **knobs: Any) -> None:
         base = config if config is not None else EmulatorConfig()
-        self._initial = base.evolve(**knobs) if knobs else base
+        self._initial = _checked(base.evolve(**knobs) if knobs else base)
         self._rt: Runtime | None = None
         self._processor: Processor | None = None
         self._webhooks: WebhookDispatcher | None = None
@@ -195,12 +203,12 @@ class Emulator:
         """
         rt = self._rt
         if rt is None:
-            self._initial = self._initial.evolve(**knobs)
+            self._initial = _checked(self._initial.evolve(**knobs))
             return self._initial
         frozen = sorted(STARTUP_ONLY_KNOBS & set(knobs))
         if frozen:
             raise ValueError(f"knob(s) can only be set before start: {', '.join(frozen)}")
-        rt.config = rt.config.evolve(**knobs)
+        rt.config = _checked(rt.config.evolve(**knobs))
         if "rate_limit_burst" in knobs:
             rt.faults.arm_burst(rt.config.rate_limit_burst)
         return rt.config
