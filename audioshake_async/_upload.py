@@ -11,7 +11,7 @@ import os
 import pathlib
 import re
 import stat as stat_module
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import BinaryIO
 
 import aiofiles
@@ -51,21 +51,43 @@ class _ChunkedPayload(Payload):
     async def write(self, writer: AbstractStreamWriter) -> None:
         sent = 0
         total = self._source.size
-        async for chunk in self._source.chunks():
-            remaining = total - sent
-            if len(chunk) > remaining:
-                chunk = chunk[:remaining]
-            await writer.write(chunk)
-            sent += len(chunk)
-            if self._progress is not None:
-                self._progress(sent, total)
-            if sent >= total:
-                break
+        reader = await self._source.open()
+        try:
+            while sent < total:
+                chunk = await reader.read(min(CHUNK_SIZE, total - sent))
+                if not chunk:
+                    break
+                await writer.write(chunk)
+                sent += len(chunk)
+                if self._progress is not None:
+                    self._progress(sent, total)
+        finally:
+            # A synchronous close: an attempt cut short (dropped connection, cancellation)
+            # releases its file handle here, whatever happens to this task next.
+            reader.close()
         if sent != total:
             # The file shrank under us: fail the attempt rather than send a short body.
             raise errors.ValidationError(
                 f"{self._source.filename!r} changed size during upload ({sent} of {total} bytes)"
             )
+
+
+class _Reader:
+    """Reads a binary handle off the event loop; closes it (when owned) synchronously."""
+
+    def __init__(self, handle: BinaryIO, *, owned: bool, in_memory: bool = False) -> None:
+        self._handle = handle
+        self._owned = owned
+        self._in_memory = in_memory
+
+    async def read(self, size: int) -> bytes:
+        if self._in_memory:
+            return self._handle.read(size)
+        return await anyio.to_thread.run_sync(self._handle.read, size)
+
+    def close(self) -> None:
+        if self._owned:
+            self._handle.close()
 
 
 @attrs.define
@@ -80,21 +102,17 @@ class UploadSource:
     fileobj: BinaryIO | None = attrs.field(default=None, repr=False)
     start: int = 0
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """Yield the content from its start, freshly opened (or re-seeked) for this attempt."""
+    async def open(self) -> _Reader:
+        """A reader positioned at the content's start, fresh for this attempt."""
         if self.path is not None:
-            async with aiofiles.open(self.path, "rb") as handle:
-                while chunk := await handle.read(CHUNK_SIZE):
-                    yield chunk
-        elif self.data is not None:
-            view = memoryview(self.data)
-            for offset in range(0, len(view), CHUNK_SIZE):
-                yield bytes(view[offset : offset + CHUNK_SIZE])
-        elif self.fileobj is not None:
-            fileobj = self.fileobj
-            await anyio.to_thread.run_sync(fileobj.seek, self.start)
-            while chunk := await anyio.to_thread.run_sync(fileobj.read, CHUNK_SIZE):
-                yield chunk
+            # Opened on the loop, not in a thread: a cancellation while a worker thread opened
+            # the file would drop the handle unclosed. Opening a local file does not block.
+            return _Reader(open(self.path, "rb"), owned=True)  # noqa: ASYNC230
+        if self.data is not None:
+            return _Reader(io.BytesIO(self.data), owned=True, in_memory=True)
+        assert self.fileobj is not None
+        await anyio.to_thread.run_sync(self.fileobj.seek, self.start)
+        return _Reader(self.fileobj, owned=False)
 
     def multipart(self, progress: ProgressCallback | None = None) -> MultipartWriter:
         """A fresh ``multipart/form-data`` body with the file in field ``file``."""

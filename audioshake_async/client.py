@@ -47,6 +47,8 @@ __all__ = ["AudioShake"]
 
 ENV_API_KEY = "AUDIOSHAKE_API_KEY"
 ENV_BASE_URL = "AUDIOSHAKE_BASE_URL"
+#: Reads of a task that may return an older snapshot before an output is declared gone.
+STALE_READ_ATTEMPTS = 4
 
 #: Webhook waiters (the ``webhooks`` issue) plug in through this interface.
 TaskWaiterSource = Any
@@ -379,10 +381,14 @@ class AudioShake:
         wanted = (output.name, output.format)
 
         async def refresh() -> str:
-            fresh = await self.tasks.get(task.id)
-            for candidate in fresh.outputs:
-                if (candidate.name, candidate.format) == wanted:
-                    return candidate.link
+            # A read can return a stale snapshot without the output yet: look a few times.
+            for attempt in range(1, STALE_READ_ATTEMPTS + 1):
+                fresh = await self.tasks.get(task.id)
+                for candidate in fresh.outputs:
+                    if (candidate.name, candidate.format) == wanted:
+                        return candidate.link
+                if attempt < STALE_READ_ATTEMPTS:
+                    await anyio.sleep(self._transport.retry.delay(attempt, random.random()))
             raise errors.DownloadError(f"task {task.id} no longer lists output {output.filename!r}")
 
         return await fetch_to_file(

@@ -191,6 +191,7 @@ class _Item:
     task_done: bool = False
     finished: bool = False
     watch_started: float = 0.0
+    next_due: float = 0.0
     polls: int = 0
     reuploaded: bool = False
 
@@ -615,13 +616,28 @@ class _Watcher:
         else:
             due = time.monotonic()
         self.pending[item.task_id] = item
-        heapq.heappush(self._schedule, (due, next(self._sequence), item.task_id))
+        self._schedule_at(item, due)
         self._wake.set()
 
     def close(self) -> None:
         """No more items will be added."""
         self._producers_done = True
         self._wake.set()
+
+    def _schedule_at(self, item: _Item, due: float) -> None:
+        assert item.task_id is not None
+        # Heap entries are never removed; one whose time is not the item's next_due is stale.
+        item.next_due = due
+        heapq.heappush(self._schedule, (due, next(self._sequence), item.task_id))
+
+    def _pop_until(self, limit: float) -> list[_Item]:
+        items = []
+        while self._schedule and self._schedule[0][0] <= limit:
+            due, _, task_id = heapq.heappop(self._schedule)
+            item = self.pending.get(task_id)
+            if item is not None and not item.finished and item.next_due == due:
+                items.append(item)
+        return items
 
     async def run(self) -> None:
         """Poll until every item is finished and no more will come."""
@@ -631,28 +647,44 @@ class _Watcher:
                 if self._producers_done and not self.pending:
                     return
                 now = time.monotonic()
-                due: list[_Item] = []
-                while self._schedule and self._schedule[0][0] <= now:
-                    _, _, task_id = heapq.heappop(self._schedule)
-                    item = self.pending.get(task_id)
-                    if item is not None and not item.finished:
-                        due.append(item)
-                if not due:
+                if not self._schedule or self._schedule[0][0] > now:
                     self._wake = anyio.Event()
                     delay = self._schedule[0][0] - now if self._schedule else math.inf
                     with anyio.move_on_after(delay):
                         await self._wake.wait()
                     continue
-                await self._refresh(due)
+                # Tasks due within the next polling interval may ride along on list pages.
+                window = self.pipeline.poll.initial_interval
+                candidates = self._pop_until(now + window)
+                due = [item for item in candidates if item.next_due <= now]
+                if self._list_is_cheaper(len(candidates)):
+                    await self._refresh(candidates, by_list=True)
+                else:
+                    for item in candidates:
+                        if item.next_due > now:
+                            self._schedule_at(item, item.next_due)
+                    await self._refresh(due, by_list=False)
 
-    async def _refresh(self, due: list[_Item]) -> None:
+    def _pages_estimate(self) -> int:
+        return math.ceil(len(self.pending) / MAX_PAGE_SIZE) + 1
+
+    def _list_is_cheaper(self, wanted: int) -> bool:
+        """A list sweep costs about one request per page of tasks in flight."""
+        return (
+            self.pipeline.options.list_refresh
+            and self.pipeline.provider.supports_listing
+            and wanted > 2 * self._pages_estimate()
+        )
+
+    async def _refresh(self, due: list[_Item], *, by_list: bool) -> None:
+        if not due:
+            return
         options = self.pipeline.options
         provider = self.pipeline.provider
         snapshots: dict[str, Task] = {}
-        pages_estimate = math.ceil(len(self.pending) / MAX_PAGE_SIZE) + 1
-        if options.list_refresh and provider.supports_listing and len(due) > 2 * pages_estimate:
+        if by_list:
             snapshots = await self._refresh_by_list(
-                {item.task_id for item in due if item.task_id}, pages_estimate
+                {item.task_id for item in due if item.task_id}, self._pages_estimate()
             )
         missing = [item for item in due if item.task_id not in snapshots]
         limiter = anyio.CapacityLimiter(options.poll_concurrency)
@@ -670,8 +702,10 @@ class _Watcher:
             async with anyio.create_task_group() as group:
                 for item in missing:
                     group.start_soon(get_one, item)
+        refreshed = set()
         for item in due:
             assert item.task_id is not None
+            refreshed.add(item.task_id)
             snapshot = snapshots.get(item.task_id)
             if snapshot is not None:
                 if await self._absorb(item, snapshot):
@@ -688,8 +722,10 @@ class _Watcher:
         # Tasks seen on a page although not due yet count as refreshed too.
         for task_id, snapshot in snapshots.items():
             other = self.pending.get(task_id)
-            if other is not None and other not in due and not other.finished:
-                await self._absorb(other, snapshot)
+            if other is None or task_id in refreshed or other.finished:
+                continue
+            if not await self._absorb(other, snapshot):
+                self._reschedule(other)
 
     async def _refresh_by_list(self, wanted: set[str], pages_estimate: int) -> dict[str, Task]:
         found: dict[str, Task] = {}
@@ -716,9 +752,7 @@ class _Watcher:
         if timeout is not None:
             remaining = item.watch_started + timeout - time.monotonic()
             delay = max(0.0, min(delay, remaining))
-        heapq.heappush(
-            self._schedule, (time.monotonic() + delay, next(self._sequence), item.task_id)
-        )
+        self._schedule_at(item, time.monotonic() + delay)
 
     async def _absorb(self, item: _Item, snapshot: Task) -> bool:
         """Take in a snapshot; dispatch new outputs; True when the item left the watch."""
@@ -768,10 +802,11 @@ async def _run_pipeline(pipeline: _Pipeline, inputs: Iterable[Any] | AsyncIterab
                 await pipeline.in_flight.acquire()
                 await pipeline.admit(raw, upload_send, create_send)
 
-    async def creators() -> None:
+    async def creators(inboxes: list[MemoryObjectReceiveStream[_Item]]) -> None:
         async with anyio.create_task_group() as inner:
-            for _ in range(options.create_concurrency):
-                inner.start_soon(pipeline.create_worker, create_recv.clone())
+            for inbox in inboxes:
+                inner.start_soon(pipeline.create_worker, inbox)
+        # Every task is handed over: the watcher may stop once the last one finishes.
         pipeline.watcher.close()
 
     pipeline.watcher.downloads = download_send
@@ -781,7 +816,9 @@ async def _run_pipeline(pipeline: _Pipeline, inputs: Iterable[Any] | AsyncIterab
             group.start_soon(feed)
             for _ in range(options.upload_concurrency):
                 group.start_soon(pipeline.upload_worker, upload_recv.clone(), create_send.clone())
-            group.start_soon(creators)
+            group.start_soon(
+                creators, [create_recv.clone() for _ in range(options.create_concurrency)]
+            )
             group.start_soon(pipeline.watcher.run)
             for _ in range(options.download_concurrency):
                 group.start_soon(pipeline.download_worker, download_recv.clone())

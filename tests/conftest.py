@@ -1,0 +1,67 @@
+"""Shared fixtures: small WAV inputs, a running emulator, a client pointed at it."""
+
+from __future__ import annotations
+
+import math
+import pathlib
+import struct
+import wave
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from audioshake_async import AudioShake, RetryPolicy
+from audioshake_async.emulator import Emulator
+
+#: Fast retries for tests (the defaults wait up to 30 s between attempts).
+FAST_RETRY = RetryPolicy(max_retries=8, base_delay=0.01, max_delay=0.05)
+
+
+def write_wav(path: pathlib.Path, *, seconds: float = 0.25, rate: int = 8000, seed: int = 0) -> None:
+    """A small stereo 16-bit WAV whose content depends on ``seed``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = bytearray()
+    for i in range(int(seconds * rate)):
+        left = int(8000 * math.sin(i * (0.05 + seed * 0.013)))
+        right = int(6000 * math.sin(i * (0.031 + seed * 0.007)))
+        frames += struct.pack("<hh", left, right)
+    with wave.open(str(path), "wb") as handle:
+        handle.setnchannels(2)
+        handle.setsampwidth(2)
+        handle.setframerate(rate)
+        handle.writeframes(bytes(frames))
+
+
+@pytest.fixture
+def make_wavs(tmp_path: pathlib.Path) -> Callable[..., list[pathlib.Path]]:
+    """``make_wavs(n, subdir="in")`` writes n distinct small WAVs and returns their paths."""
+
+    def make(count: int, subdir: str = "in", prefix: str = "track") -> list[pathlib.Path]:
+        paths = [tmp_path / subdir / f"{prefix}{i:04d}.wav" for i in range(count)]
+        for i, path in enumerate(paths):
+            write_wav(path, seed=i)
+        return paths
+
+    return make
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[Emulator]:
+    """An emulator with instant processing and no rate limit (tests turn knobs on)."""
+    async with Emulator(delay=0.0, rate_limit=None, seed=1234) as emu:
+        yield emu
+
+
+@pytest.fixture
+async def client(emulator: Emulator) -> AsyncIterator[AudioShake]:
+    """A client on the emulator with fast retries and polls."""
+    from audioshake_async import PollPolicy
+
+    async with AudioShake(
+        emulator.api_key,
+        emulator.base_url,
+        retry=FAST_RETRY,
+        rate_limit=2000.0,
+        poll=PollPolicy(initial_interval=0.02, max_interval=0.2),
+    ) as shared:
+        yield shared
