@@ -23,8 +23,10 @@ import attrs
 from . import errors
 from ._version import __version__
 from .batch import (
+    AudioShakeProvider,
     BatchEvent,
     BatchOptions,
+    BatchProvider,
     BatchResult,
     FileWritten,
     ItemFailed,
@@ -44,6 +46,8 @@ __all__ = ["main"]
 EXIT_OK = 0
 EXIT_ITEMS_FAILED = 1
 EXIT_USAGE = 2
+
+PROVIDERS = ("audioshake", "legacy", "musicai")
 
 
 class UsageError(Exception):
@@ -75,7 +79,6 @@ def build_parser() -> argparse.ArgumentParser:
         "-m",
         "--model",
         action="append",
-        required=True,
         metavar="MODEL[:VARIANT]",
         help="model to run (repeatable), e.g. vocals, instrumental:high_quality",
     )
@@ -87,6 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="output format (repeatable; default wav)",
     )
     run.add_argument("-o", "--out", required=True, metavar="DIR", help="output directory")
+    run.add_argument(
+        "--provider",
+        choices=PROVIDERS,
+        default="audioshake",
+        help="service: audioshake (Tasks API, default), legacy (Jobs API), musicai",
+    )
+    run.add_argument(
+        "--api",
+        choices=("tasks", "legacy"),
+        help="AudioShake API generation: tasks (default) or legacy (= --provider legacy)",
+    )
+    run.add_argument("--workflow", metavar="SLUG", help="Music.AI workflow (--provider musicai)")
     run.add_argument("--residual", action="store_true", help="also produce <model>_residual")
     run.add_argument("--language", metavar="L", help="language for transcription/alignment")
     run.add_argument(
@@ -346,8 +361,55 @@ async def _api(args: argparse.Namespace, delay: float = 0.5) -> AsyncIterator[tu
     yield args.base_url or os.environ.get("AUDIOSHAKE_BASE_URL") or "", key
 
 
+@contextlib.asynccontextmanager
+async def _audioshake_provider(
+    args: argparse.Namespace, targets: Sequence[Target]
+) -> AsyncIterator[BatchProvider]:
+    """The Tasks API (or its emulator), with the targets checked against ``GET /models``."""
+    async with (
+        _api(args, args.emulator_delay) as (base_url, key),
+        AudioShake(key, base_url or None, rate_limit=args.rate_limit) as client,
+    ):
+        try:
+            catalog = await client.models.list()
+        except errors.AuthenticationError:
+            raise UsageError("the API key was refused (401)") from None
+        check_against_catalog(targets, catalog)
+        yield AudioShakeProvider(client)
+
+
+def _open_provider(
+    args: argparse.Namespace, targets: Sequence[Target]
+) -> contextlib.AbstractAsyncContextManager[BatchProvider]:
+    """The batch provider named by ``--provider``/``--api``, checked before any upload.
+
+    Each provider module offers ``open_cli_provider(args, targets)``: an async context
+    manager yielding a ready :class:`BatchProvider` (raising UsageError on bad flags).
+    """
+    if args.provider == "legacy":
+        from .legacy import open_cli_provider as open_legacy
+
+        return open_legacy(args, targets)
+    if args.provider == "musicai":
+        from .musicai import open_cli_provider as open_musicai
+
+        return open_musicai(args, targets)
+    return _audioshake_provider(args, targets)
+
+
 async def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    targets = parse_targets(args.model, args.format, residual=args.residual, language=args.language)
+    if args.api == "legacy":
+        args.provider = "legacy"
+    if args.provider == "musicai":
+        if not args.workflow:
+            raise UsageError("--provider musicai needs --workflow SLUG")
+        targets = [Target(args.workflow, ("auto",))]
+    else:
+        if not args.model:
+            raise UsageError("give at least one model with -m/--model")
+        targets = parse_targets(
+            args.model, args.format, residual=args.residual, language=args.language
+        )
     if args.concurrency < 1 or args.max_in_flight < 1:
         raise UsageError("--concurrency and --max-in-flight must be at least 1")
     if args.timeout is not None and args.timeout <= 0:
@@ -364,19 +426,11 @@ async def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     )
     tracker = ProgressTracker()
     results: list[BatchResult] = []
-    async with (
-        _api(args, args.emulator_delay) as (base_url, key),
-        AudioShake(key, base_url or None, rate_limit=args.rate_limit) as client,
-    ):
-        try:
-            catalog = await client.models.list()
-        except errors.AuthenticationError:
-            raise UsageError("the API key was refused (401)") from None
-        check_against_catalog(targets, catalog)
+    async with _open_provider(args, targets) as provider:
         inputs = expand_inputs(args.inputs, exclude=[out_dir])
         async with _display(tracker, quiet=args.quiet or args.json, stream=err):
             batch = run_batch(
-                client,
+                provider,
                 inputs,
                 targets=targets,
                 out_dir=out_dir,
@@ -388,7 +442,7 @@ async def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 async for result in batch:
                     tracker.record(result)
                     results.append(result)
-        requests = client.request_counts
+        requests = provider.request_counts()
     failed = [r for r in results if not r.ok]
     if args.json:
         summary = {

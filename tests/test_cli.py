@@ -1,0 +1,237 @@
+"""The ``audioshake-async`` command: the README's main job, exit codes, usage errors."""
+
+from __future__ import annotations
+
+import io
+import json
+import pathlib
+import subprocess
+import sys
+import wave
+
+import anyio
+import pytest
+
+from audioshake_async.cli import main
+from audioshake_async.emulator import Emulator
+
+from .conftest import write_wav
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "examples" / "audio"
+
+
+def run_cli(*argv: str, stdin: str | None = None) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    if stdin is not None:
+        original = sys.stdin
+        sys.stdin = io.StringIO(stdin)
+    try:
+        status = main(list(argv), stdout=out, stderr=err)
+    finally:
+        if stdin is not None:
+            sys.stdin = original
+    return status, out.getvalue(), err.getvalue()
+
+
+def frames(path: pathlib.Path) -> tuple[int, int, int]:
+    with wave.open(str(path), "rb") as handle:
+        return handle.getnframes(), handle.getframerate(), handle.getnchannels()
+
+
+def test_main_job_writes_real_stems_for_the_sample_audio(tmp_path: pathlib.Path) -> None:
+    samples = sorted(SAMPLES.glob("*.wav"))
+    assert samples, "examples/audio holds the sample audio"
+    status, out, err = run_cli(
+        "run",
+        "--emulator",
+        str(SAMPLES),
+        "-m",
+        "vocals",
+        "-m",
+        "instrumental",
+        "-o",
+        str(tmp_path / "stems"),
+        "--emulator-delay",
+        "0",
+        "--quiet",
+    )
+    assert status == 0, err
+    assert f"{len(samples)} of {len(samples)} items done, 0 failed" in out
+    for sample in samples:
+        for stem in ("vocals", "instrumental"):
+            path = tmp_path / "stems" / sample.stem / f"{stem}.wav"
+            assert frames(path) == frames(sample), path
+
+
+def test_json_summary_and_resume(tmp_path: pathlib.Path) -> None:
+    args = [
+        "run",
+        "--emulator",
+        str(SAMPLES),
+        "-m",
+        "drums",
+        "-o",
+        str(tmp_path / "o"),
+        "--emulator-delay",
+        "0",
+        "--json",
+    ]
+    status, out, _ = run_cli(*args)
+    summary = json.loads(out)
+    assert status == 0
+    assert summary["done"] == summary["items"] == len(list(SAMPLES.glob("*.wav")))
+    assert summary["api_requests"]["POST /tasks"] == summary["items"]
+    assert all(pathlib.Path(f).exists() for r in summary["results"] for f in r["files"])
+    # A second run against a new emulator: the journal says everything is done.
+    status, out, _ = run_cli(*args)
+    again = json.loads(out)
+    assert status == 0 and again["skipped"] == again["items"]
+    assert "POST /assets" not in again["api_requests"]
+
+
+def test_a_failed_item_gives_exit_1_and_is_listed(tmp_path: pathlib.Path) -> None:
+    good = tmp_path / "in" / "good.wav"
+    write_wav(good)
+    bad = tmp_path / "in" / "bad.wav"
+    bad.write_bytes(b"")
+    status, out, err = run_cli(
+        "run",
+        "--emulator",
+        str(good),
+        str(bad),
+        "-m",
+        "vocals",
+        "-o",
+        str(tmp_path / "o"),
+        "--emulator-delay",
+        "0",
+        "--quiet",
+    )
+    assert status == 1
+    assert "1 of 2 items done, 1 failed" in out
+    assert f"FAILED {bad}" in err and "empty" in err
+
+
+def test_paths_from_stdin(tmp_path: pathlib.Path) -> None:
+    paths = [tmp_path / f"s{i}.wav" for i in range(2)]
+    for i, path in enumerate(paths):
+        write_wav(path, seed=i)
+    status, out, _ = run_cli(
+        "run",
+        "--emulator",
+        "-",
+        "-m",
+        "vocals",
+        "-o",
+        str(tmp_path / "o"),
+        "--emulator-delay",
+        "0",
+        "--quiet",
+        stdin="\n".join(map(str, paths)) + "\n",
+    )
+    assert status == 0
+    assert "2 of 2 items done" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["-m", "vocals"], "no API key"),
+        (["--emulator", "-m", "nonsense"], "unknown model 'nonsense'"),
+        (["--emulator", "-m", "vocals", "-f", "docx"], "cannot output docx"),
+        (["--emulator", "-m", "music_detection", "-f", "wav"], "cannot output wav"),
+        (["--emulator", "-m", "multi_voice"], "needs access"),
+        (["--emulator", *[a for i in range(21) for a in ("-m", f"m{i}")]], "at most 20"),
+        (["--emulator"], "at least one model"),
+        (["--emulator", "-m", "vocals", "--concurrency", "0"], "at least 1"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, argv: list[str], message: str
+) -> None:
+    monkeypatch.delenv("AUDIOSHAKE_API_KEY", raising=False)
+    source = tmp_path / "in.wav"
+    write_wav(source)
+    status, out, err = run_cli("run", str(source), "-o", str(tmp_path / "o"), *argv)
+    assert status == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o" / "in").exists()
+
+
+def test_unusable_output_directory_is_a_usage_error(tmp_path: pathlib.Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    status, _, err = run_cli(
+        "run", "--emulator", str(blocker), "-m", "vocals", "-o", str(blocker / "out")
+    )
+    assert status == 2
+    assert "cannot create output directory" in err
+
+
+async def test_bad_model_is_refused_before_any_upload(
+    emulator: Emulator, tmp_path: pathlib.Path
+) -> None:
+    source = tmp_path / "in.wav"
+    write_wav(source)
+    result = await anyio.run_process(
+        [
+            sys.executable,
+            "-m",
+            "audioshake_async",
+            "run",
+            str(source),
+            "-m",
+            "nonsense",
+            "-o",
+            str(tmp_path / "o"),
+            "--base-url",
+            emulator.base_url,
+            "--api-key",
+            emulator.api_key,
+        ],
+        check=False,
+    )
+    assert result.returncode == 2
+    assert b"unknown model" in result.stderr
+    stats = emulator.stats()
+    assert stats["assets_created"] == 0 and stats["tasks_created"] == 0
+    assert stats["requests"] == {"GET /models": 1}
+
+
+async def test_refused_key_is_a_usage_error(emulator: Emulator, tmp_path: pathlib.Path) -> None:
+    source = tmp_path / "in.wav"
+    write_wav(source)
+    result = await anyio.run_process(
+        [
+            sys.executable,
+            "-m",
+            "audioshake_async",
+            "run",
+            str(source),
+            "-m",
+            "vocals",
+            "-o",
+            str(tmp_path / "o"),
+            "--base-url",
+            emulator.base_url,
+            "--api-key",
+            "wrong-key",
+        ],
+        check=False,
+    )
+    assert result.returncode == 2
+    assert b"refused" in result.stderr and b"wrong-key" not in result.stderr
+
+
+def test_module_entry_point_prints_version() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "audioshake_async", "--version"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0
+    assert result.stdout.startswith("audioshake-async ")
