@@ -365,7 +365,7 @@ def write_results(table: str, args: argparse.Namespace) -> None:
         "aiohttp, for a 1 GiB upload and download over loopback. Peak RSS is the contender "
         "process's `ru_maxrss` (interpreter and imports included); client and server run in "
         "separate processes.\n\n"
-    )
+    )  # (notes added by hand below the header are kept: only the marked sections change)
     text = RESULTS.read_text() if RESULTS.exists() else header
     pattern = re.compile(
         rf"<!-- bench_transfer:{mode}:start -->.*?<!-- bench_transfer:{mode}:end -->\n", re.S
