@@ -176,7 +176,6 @@ class FakeAPI:
         )
         self.require_key = True
         self.after_list: Callable[[], None] | None = None
-        self.delay = 0.0
         self._ids = itertools.count(1)
         self._current: dict[int, Seen] = {}
         self.app = web.Application(middlewares=[self._middleware])

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
 import pathlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
 
-from audioshake_async import errors
+from audioshake_async import _download, errors
 from audioshake_async._download import MAX_LINK_REFRESHES, WRITE_BATCH, fetch_to_file
 from audioshake_async._transport import Transport
 
@@ -219,6 +221,29 @@ async def test_not_found_is_not_retried(transport: Transport, tmp_path: pathlib.
         with pytest.raises(errors.DownloadError, match="404"):
             await fetch_to_file(transport, cdn.link(server, "missing"), tmp_path / "m.wav")
     assert len(cdn.seen) == 1 and leftovers(tmp_path) == []
+
+
+async def test_local_write_error_is_raised_and_cleans_up(
+    transport: Transport, tmp_path: pathlib.Path, data: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk error in the writer thread surfaces as is (not retried), leaving no file."""
+    calls = {"n": 0}
+    real_write = _download._PartFile.write
+
+    def failing_write(self: Any, chunks: list[bytes]) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(self, chunks)
+
+    monkeypatch.setattr(_download._PartFile, "write", failing_write)
+    cdn = FakeCDN()
+    cdn.blobs["f"] = Blob(data)
+    async with serve(cdn.app) as server:
+        with pytest.raises(OSError, match="No space left"):
+            await fetch_to_file(transport, cdn.link(server, "f"), tmp_path / "f.wav")
+    assert len(cdn.seen) == 1
+    assert leftovers(tmp_path) == []
 
 
 async def test_failed_download_keeps_an_existing_file_intact(
