@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from types import SimpleNamespace
 from typing import Any
@@ -382,8 +381,3 @@ async def test_drop_helper_really_drops() -> None:
         with pytest.raises(aiohttp.ServerDisconnectedError):
             async with session.get(server.make_url("/")) as response:
                 await response.read()
-
-
-def test_json_dumps_is_compact() -> None:
-    # Bodies are sent compact (the server stores metadata verbatim; no surprise whitespace).
-    assert json.dumps({"a": [1]}, separators=(",", ":")) == '{"a":[1]}'
