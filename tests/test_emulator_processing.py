@@ -460,7 +460,7 @@ async def test_delay_and_jitter(
         return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
     elapsed = (ts(done["completedAt"]) - ts(done["createdAt"])).total_seconds()
-    assert 0.3 <= elapsed < 2.0
+    assert 0.3 <= elapsed < 5.0
 
 
 async def test_partial_progress_visible(
