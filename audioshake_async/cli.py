@@ -156,6 +156,15 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--emulator", action="store_true")
 
     commands.add_parser("emulator", help="run the local AudioShake emulator", add_help=False)
+
+    migrate = commands.add_parser(
+        "migrate",
+        help="convert legacy Jobs API requests (JSON) into Tasks API requests",
+        description="Read a JSON list of legacy POST /job bodies and print the equivalent "
+        "POST /tasks bodies, grouped by asset, as JSON; notes (dropped fields, callbacks to "
+        "register as webhooks, splits) go to stderr. Exit 1 if a job could not be converted.",
+    )
+    migrate.add_argument("file", metavar="FILE.json", help="legacy job requests (- for stdin)")
     return parser
 
 
@@ -474,6 +483,27 @@ async def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_ITEMS_FAILED if failed else EXIT_OK
 
 
+def _migrate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """``migrate FILE.json``: the Tasks API requests on stdout (JSON), the notes on stderr."""
+    from .migrate import migrate_jobs
+
+    try:
+        if args.file == "-":
+            text = sys.stdin.read()
+        else:
+            text = pathlib.Path(args.file).read_text(encoding="utf-8")
+        data = json.loads(text)
+    except OSError as exc:
+        raise UsageError(f"cannot read {args.file}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise UsageError(f"{args.file} is not JSON: {exc}") from None
+    result = migrate_jobs(data)
+    print(json.dumps(result.to_json(), indent=2), file=out)
+    for note in result.notes:
+        print(note, file=err)
+    return EXIT_OK if result.ok else EXIT_ITEMS_FAILED
+
+
 async def _models(args: argparse.Namespace, out: TextIO) -> int:
     async with _api(args) as (base_url, key), AudioShake(key, base_url or None) as client:
         catalog = await client.models.list()
@@ -501,6 +531,8 @@ def main(
         parser.print_help(err)
         return EXIT_USAGE
     try:
+        if args.command == "migrate":
+            return _migrate(args, out, err)
         if args.command == "run":
             return asyncio.run(_run(args, out, err))
         return asyncio.run(_models(args, out))
