@@ -93,6 +93,12 @@ def _open_part(path: pathlib.Path) -> IO[bytes]:
     return open(path, "wb")
 
 
+def _close_and_replace(handle: IO[bytes], part_path: pathlib.Path, final: pathlib.Path) -> None:
+    """Close the complete ``.part`` file and rename it into place (one worker-thread hop)."""
+    handle.close()
+    os.replace(part_path, final)
+
+
 async def fetch_to_file(
     transport: Transport,
     link: str,
@@ -105,11 +111,18 @@ async def fetch_to_file(
 ) -> DownloadedFile:
     """Download ``link`` to ``destination`` atomically, with resume, retries and link refresh."""
     policy = retry or transport.retry
-    await anyio.to_thread.run_sync(lambda: destination.parent.mkdir(parents=True, exist_ok=True))
     part_path = destination.with_name(f".{destination.name}.part")
     # Opened on the loop, not in a thread: a cancellation while a worker thread opened the file
-    # would drop the handle unclosed. Creating a local file does not block.
-    part = _PartFile(_open_part(part_path), checksum)
+    # would drop the handle unclosed. Creating a local file does not block. The directory is
+    # made (in a thread) only when missing: a thread hop costs more than the open itself.
+    try:
+        handle = _open_part(part_path)
+    except FileNotFoundError:
+        await anyio.to_thread.run_sync(
+            lambda: destination.parent.mkdir(parents=True, exist_ok=True)
+        )
+        handle = _open_part(part_path)
+    part = _PartFile(handle, checksum)
     failures = 0
     refreshes = 0
     current = link
@@ -155,16 +168,17 @@ async def fetch_to_file(
             )
             await anyio.sleep(delay)
     finally:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(part.handle.close)
-            if not completed:
+        if not completed:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(part.handle.close)
                 with contextlib.suppress(OSError):
                     await anyio.to_thread.run_sync(part_path.unlink)
     with anyio.CancelScope(shield=True):
         try:
-            await anyio.to_thread.run_sync(os.replace, part_path, destination)
+            await anyio.to_thread.run_sync(_close_and_replace, part.handle, part_path, destination)
         except BaseException:
             with contextlib.suppress(OSError):
+                part.handle.close()  # a no-op: closed even when the close raised
                 await anyio.to_thread.run_sync(part_path.unlink)
             raise
     sha256 = part.digest.hexdigest() if part.digest is not None else None

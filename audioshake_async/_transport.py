@@ -38,9 +38,9 @@ from ._protocol import (
     error_for_status,
     is_retryable_status,
     normalize_base_url,
+    origin,
     parse_retry_after,
     redact_url,
-    same_origin,
 )
 from ._ratelimit import RateLimiter
 from ._version import __version__
@@ -185,6 +185,9 @@ class Transport:
         random_fraction: Callable[[], float] = random.random,
     ) -> None:
         self.base_url = normalize_base_url(base_url)
+        # Every API call's URL starts with this: the origin check needs no URL parsing then.
+        self._api_prefix = self.base_url + "/"
+        self._api_origin = origin(self.base_url)
         self._auth = {name: _Secret(value) for name, value in auth_headers.items()}
         self.timeouts = timeouts or Timeouts()
         self.retry = retry or RetryPolicy()
@@ -233,10 +236,17 @@ class Transport:
             return path_or_url
         return self.base_url + "/" + path_or_url.lstrip("/")
 
+    def is_api_url(self, url: str) -> bool:
+        """True when ``url`` is on the API's origin (same as ``same_origin(url, base_url)``)."""
+        return url.startswith(self._api_prefix) or origin(url) == self._api_origin
+
     def headers_for(self, url: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         """Request headers; the credential only when ``url`` is on the API's origin."""
+        return self._headers(self.is_api_url(url), extra)
+
+    def _headers(self, api: bool, extra: Mapping[str, str] | None) -> dict[str, str]:
         headers = dict(extra or {})
-        if same_origin(url, self.base_url):
+        if api:
             for name, secret in self._auth.items():
                 headers[name] = secret.reveal()
         else:
@@ -245,7 +255,7 @@ class Transport:
         return headers
 
     async def _pace(self, url: str) -> None:
-        if self.limiter is not None and same_origin(url, self.base_url):
+        if self.limiter is not None and self.is_api_url(url):
             await self.limiter.acquire()
 
     def _now(self) -> dt.datetime:
@@ -346,8 +356,9 @@ class Transport:
                 attempt += 1
                 await self._backoff(method, url, attempt, type(exc).__name__, None)
                 continue
-            elapsed_ms = (time.perf_counter() - started) * 1000
-            logger.debug("%s %s -> %d (%.1f ms)", method, redact_url(url), status, elapsed_ms)
+            if logger.isEnabledFor(logging.DEBUG):  # redact_url parses the URL: skip it if unused
+                elapsed_ms = (time.perf_counter() - started) * 1000
+                logger.debug("%s %s -> %d (%.1f ms)", method, redact_url(url), status, elapsed_ms)
             if 200 <= status < 300:
                 if not raw:
                     return None
@@ -383,9 +394,11 @@ class Transport:
 
         Links on another host than the API's get no credential; links on the API host do.
         """
-        await self._pace(url)
-        request_headers = self.headers_for(url, headers)
-        label = "GET <api download>" if same_origin(url, self.base_url) else "GET <download>"
+        api = self.is_api_url(url)  # parsed once: a CDN link never matches the prefix
+        if api and self.limiter is not None:
+            await self.limiter.acquire()
+        request_headers = self._headers(api, headers)
+        label = "GET <api download>" if api else "GET <download>"
         self.request_counts[label] += 1
         try:
             async with self.session.get(
@@ -395,7 +408,8 @@ class Transport:
                 allow_redirects=False,
                 auto_decompress=False,
             ) as response:
-                logger.debug("GET %s -> %d", redact_url(url), response.status)
+                if logger.isEnabledFor(logging.DEBUG):
+                    logger.debug("GET %s -> %d", redact_url(url), response.status)
                 yield DownloadResponse(response.status, response.headers, response)
         except _TRANSIENT as exc:
             raise _connection_error(exc, "GET", url) from None
