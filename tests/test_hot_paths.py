@@ -218,3 +218,43 @@ async def test_request_debug_line_only_built_when_debug_is_on(
             await transport.aclose()
     assert len(redacted) == 1
     assert any("/tasks -> 200" in r.getMessage() for r in caplog.records)
+
+
+def test_emulator_upload_sweep_does_not_scan_live_assets(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
+) -> None:
+    """Each upload sweeps expired assets; while none can have expired, nothing is scanned."""
+    import random
+
+    from audioshake_async.emulator.state import Asset, Store
+
+    now = [1000.0]
+    store = Store(random.Random(1), clock=lambda: now[0])
+    checks = {"n": 0}
+    real = Asset.expired
+
+    def counting(self: Asset, at: float) -> bool:
+        checks["n"] += 1
+        return real(self, at)
+
+    monkeypatch.setattr(Asset, "expired", counting)
+
+    def asset(name: str, ttl: float) -> Asset:
+        return Asset(name, f"{name}.wav", "wav", "audio/wav", tmp_path / name, 1, now[0],
+                     now[0] + ttl, f"file-{name}")  # fmt: skip
+
+    for index in range(200):
+        store.add_asset(asset(f"a{index}", 100.0 + index))
+        assert store.pop_expired_assets() == []
+    assert checks["n"] == 0
+    now[0] += 100.5  # a0 has expired, a1.. have not
+    assert [a.id for a in store.pop_expired_assets()] == ["a0"]
+    assert store.pop_expired_assets() == [] and len(store.assets) == 199
+    checks["n"] = 0
+    store.pop_expired_assets()
+    assert checks["n"] == 0  # the watermark moved to a1's expiry
+    assert store.expire_all_assets() == 199
+    assert len(store.pop_expired_assets()) == 199 and store.assets == {}
+    store.add_asset(asset("late", 5.0))
+    now[0] += 5.0
+    assert [a.id for a in store.pop_expired_assets()] == ["late"]

@@ -272,11 +272,16 @@ class Store:
         self.tasks: dict[str, Task] = {}
         self.webhooks: dict[str, Webhook] = {}
         self.stats = Stats()
+        #: No asset expires before this time: every upload sweeps expired assets, and without
+        #: this watermark each sweep scanned them all (quadratic over a 100k-file catalog).
+        #: Change ``Asset.expires_at`` through the store (``expire_all_assets``) to keep it true.
+        self._next_expiry = math.inf
 
     # --- assets --------------------------------------------------------------------------
     def add_asset(self, asset: Asset) -> None:
         """Store a freshly uploaded asset."""
         self.assets[asset.id] = asset
+        self._next_expiry = min(self._next_expiry, asset.expires_at)
         self.stats.assets_created += 1
 
     def live_asset(self, asset_id: str) -> Asset | None:
@@ -289,9 +294,12 @@ class Store:
     def pop_expired_assets(self) -> list[Asset]:
         """Forget expired assets and return them so the caller can delete their files."""
         now = self.clock()
+        if now < self._next_expiry:
+            return []
         gone = [a for a in self.assets.values() if a.expired(now)]
         for asset in gone:
             del self.assets[asset.id]
+        self._next_expiry = min((a.expires_at for a in self.assets.values()), default=math.inf)
         return gone
 
     def expire_all_assets(self) -> int:
@@ -302,6 +310,7 @@ class Store:
             if not asset.expired(now):
                 count += 1
             asset.expires_at = min(asset.expires_at, now)
+        self._next_expiry = min(self._next_expiry, now)
         return count
 
     # --- tasks ---------------------------------------------------------------------------
