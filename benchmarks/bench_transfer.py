@@ -9,7 +9,11 @@ Contenders:
 - ``lib`` upload: ``AudioShake.assets.upload(path)`` (streamed multipart, retries armed);
 - ``bare`` upload: ``aiohttp.FormData`` with an open file, one ``session.post``;
 - ``lib`` download: ``AudioShake.download(task, dir)`` (atomic ``.part`` file, Range resume);
-- ``bare`` download: ``session.get`` + ``iter_chunked(1 MiB)`` into a file.
+- ``bare`` download: ``session.get`` + ``iter_chunked(1 MiB)`` into a file;
+- ``curl`` upload and download: the machine's ``curl`` (``-F file=@...`` and ``-o file``),
+  timed by curl itself (``%{time_total}``); its peak RSS is GNU ``time``'s ``%M`` (curl forked
+  from ``time``, not from Python, whose pages a forked child would count as its own). Skipped
+  when ``curl`` is not installed; RSS shown as nan without ``/usr/bin/time``.
 
     python benchmarks/bench_transfer.py            # 1 GiB, 5 repetitions
     python benchmarks/bench_transfer.py --quick    # 64 MiB, 1 repetition (CI)
@@ -28,6 +32,7 @@ import platform
 import re
 import resource
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -176,16 +181,84 @@ async def bare_download(args: argparse.Namespace) -> Outcome:
     return size, seconds, target
 
 
+CURL = shutil.which("curl")
+GNU_TIME = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None
+
+
+def _run_curl(command: list[str], workdir: str) -> tuple[dict[str, str], float]:
+    """Run curl; return its ``-w`` variables and its own peak RSS in KiB (nan if unknown).
+
+    A child forked from this Python process would report this process's pages in its
+    ``ru_maxrss`` (the peak before ``exec`` counts), so curl is started by GNU ``time``.
+    """
+    rss_file = pathlib.Path(workdir) / "curl-maxrss.txt"
+    prefix = [GNU_TIME, "-f", "%M", "-o", str(rss_file)] if GNU_TIME else []
+    done = subprocess.run(prefix + command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"curl exited with {done.returncode}: {done.stderr}")
+    values = dict(item.split("=", 1) for item in done.stdout.split())
+    if values["code"] != "200":
+        raise RuntimeError(f"curl got HTTP {values['code']}")
+    peak_kib = float("nan")
+    if GNU_TIME:
+        peak_kib = float(rss_file.read_text().split()[-1])
+        rss_file.unlink()
+    return values, peak_kib
+
+
+def curl_upload(args: argparse.Namespace) -> tuple[int, float, None, float]:
+    body = pathlib.Path(args.out) / "curl-upload.json"
+    values, peak_kib = _run_curl(
+        [
+            str(CURL), "-sS", "-o", str(body), "-H", f"x-api-key: {API_KEY}",
+            "-H", "Expect:",  # no 100-continue round trip, as the Python clients
+            "-F", f"file=@{args.file};type=audio/wav;filename=source.wav",
+            "-w", "code=%{http_code} seconds=%{time_total} sent=%{size_upload}",
+            f"{args.api}/assets",
+        ],
+        args.out,
+    )  # fmt: skip
+    received = json.loads(body.read_text())["size"]
+    body.unlink()
+    assert received == args.size, received
+    return int(received), float(values["seconds"]), None, peak_kib
+
+
+def curl_download(args: argparse.Namespace) -> tuple[int, float, pathlib.Path, float]:
+    target = pathlib.Path(args.out) / "curl-vocals.wav"
+    values, peak_kib = _run_curl(
+        [
+            str(CURL), "-sS", "-o", str(target),
+            "-w", "code=%{http_code} seconds=%{time_total} size=%{size_download}",
+            f"{args.cdn}/files/output.wav?sig=x",
+        ],
+        args.out,
+    )  # fmt: skip
+    return int(values["size"]), float(values["seconds"]), target, peak_kib
+
+
 CONTENDERS = {
     ("upload", "bare"): bare_upload,
     ("upload", "lib"): lib_upload,
     ("download", "bare"): bare_download,
     ("download", "lib"): lib_download,
 }
+if CURL:
+    CONTENDERS[("upload", "curl")] = curl_upload
+    CONTENDERS[("download", "curl")] = curl_download
+NAMES = {"bare": "bare aiohttp", "lib": "audioshake-async", "curl": "curl (C, libcurl)"}
 
 
 def run_contender(args: argparse.Namespace) -> None:
     """One transfer in this process; print seconds, bytes and this process's peak RSS."""
+    if args.contender == "curl":
+        # curl is the contender: this process only starts it and reads its rusage.
+        size, seconds, written, peak_kib = CONTENDERS[(args.operation, "curl")](args)
+        if written is not None:
+            written.unlink()
+        assert size == args.size, (size, args.size)
+        print(json.dumps({"seconds": seconds, "bytes": size, "peak_rss_mib": peak_kib / 1024}))
+        return
     func = CONTENDERS[(args.operation, args.contender)]
     # Imports happen before the clock starts, for every contender alike.
     import aiohttp  # noqa: F401
@@ -319,12 +392,14 @@ def render(results: dict[tuple[str, str], list[dict[str, float]]], size: int, re
     ]
     for operation in ("upload", "download"):
         bare_rates = [size / MIB / r["seconds"] for r in results[(operation, "bare")]]
-        for contender in ("bare", "lib"):
-            runs = results[(operation, contender)]
+        for contender in ("bare", "lib", "curl"):
+            runs = results.get((operation, contender), [])
+            if not runs:
+                continue
             rates = [size / MIB / r["seconds"] for r in runs]
             rss = [r["peak_rss_mib"] for r in runs]
             ratio = statistics.median(rates) / statistics.median(bare_rates)
-            name = "bare aiohttp" if contender == "bare" else "audioshake-async"
+            name = NAMES[contender]
             lines.append(f"| {operation} | {name} | {fmt(rates)} | {fmt(rss, 1)} | {ratio:.0%} |")
     verdicts = []
     for operation in ("upload", "download"):

@@ -1,0 +1,291 @@
+"""The benchmark suite, side by side, in one run: ``nox -s bench`` (``-- --quick`` for a smoke run).
+
+1. ``bench_overhead.py``: client CPU per request, ``client.tasks.get()`` vs bare aiohttp;
+2. ``bench_transfer.py``: 1 GiB upload/download, library vs bare aiohttp vs curl;
+3. ``bench_batch.py``: catalog batch (items/s, requests per item, RSS), the 60 req/s ceiling,
+   1000 tasks in flight, the naive ``requests`` peer, scaling 1k/10k/100k (+ ``results.png``);
+4. ``bench_musicai.py`` (the Music.AI engineer's, run when present): vs the official SDK.
+
+Full mode writes ``benchmarks/RESULTS.md`` (each benchmark replaces only its own sections) and
+``benchmarks/results.png``. ``--quick`` (small sizes, one run each, about 2 minutes) writes
+``benchmarks/RESULTS-quick.md`` and ``benchmarks/results-quick.png`` instead, so smoke figures
+never replace measured ones; ``--no-write`` writes nothing.
+
+    python benchmarks/run_all.py                      # full: ~1 hour on 2 cores
+    python benchmarks/run_all.py --quick              # smoke run
+    python benchmarks/run_all.py --quick --no-write --only overhead,batch
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_batch
+import bench_overhead
+from _common import (
+    HERE,
+    ROOT,
+    command_line,
+    loadavg,
+    machine_info,
+    machine_line,
+    plot_file,
+    progress,
+    results_file,
+    write_section,
+)
+
+ALL = ("overhead", "transfer", "batch", "musicai")
+
+
+def run_script(name: str, argv: list[str]) -> tuple[int, str]:
+    """Run another benchmark script as is; echo its progress; return (exit code, stdout)."""
+    command = [sys.executable, str(HERE / name), *argv]
+    progress(f"--- {' '.join(['python', 'benchmarks/' + name, *argv])}")
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False, cwd=ROOT)
+    if done.returncode != 0:
+        progress(f"{name} exited with {done.returncode}")
+    return done.returncode, done.stdout
+
+
+def musicai_speedup(stdout: str) -> str:
+    """Our row of bench_musicai's throughput table, as "N jobs/s, Mx the SDK"."""
+    for line in stdout.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 4 and cells[0].startswith("audioshake-async"):
+            return f"{cells[2]} jobs/s, {cells[3]} the SDK as shipped"
+    return "ran"
+
+
+def transfer_rows(stdout: str) -> dict[Any, Any]:
+    """``(operation, contender) -> (MiB/s, RSS MiB, vs bare)`` from bench_transfer's table,
+    and ``"size"``: its "Transfer of N MiB" line."""
+    rows: dict[Any, Any] = {"size": "1 GiB"}
+    size = re.search(r"Transfer of (\d+) MiB", stdout)
+    if size:
+        mib = int(size.group(1))
+        rows["size"] = f"{mib // 1024} GiB" if mib % 1024 == 0 else f"{mib} MiB"
+    for line in stdout.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and cells[0] in ("upload", "download"):
+            rows[(cells[0], cells[1])] = (cells[2], cells[3], cells[4])
+    return rows
+
+
+def median_of(runs: list[dict[str, Any]], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
+
+
+def summary(
+    results: dict[str, Any], info: dict[str, str], argv: list[str], load_end: str, minutes: float
+) -> str:
+    """One table of ratios: what a user choosing the library asks first."""
+    lines = [
+        "## Summary (audioshake-async vs the alternatives, one machine, one run)",
+        "",
+        machine_line(info),
+        f"Command: `{command_line('benchmarks/run_all.py', argv)}` ({minutes:.0f} min). "
+        f"Load average at start {info['loadavg']}, at end {load_end}: other engineers' test "
+        "suites may have been running on the same 2 cores during the run, so absolute figures "
+        "are conservative; contenders alternate within each repetition and medians (min–max) "
+        "are what to compare.",
+        "",
+        "| question | audioshake-async | alternative | ratio |",
+        "|---|---|---|---|",
+    ]
+    overhead = results.get("overhead")
+    if overhead:
+        runs = overhead["runs"]
+        for concurrency in bench_overhead.CONCURRENCIES:
+            lib = median_of(runs[f"lib:{concurrency}"], "cpu_us")
+            bare = median_of(runs[f"bare:{concurrency}"], "cpu_us")
+            lines.append(
+                f"| client CPU per `tasks.get()`, concurrency {concurrency} | {lib:.0f} µs "
+                f"| bare aiohttp {bare:.0f} µs | {lib / bare:.2f}x (target ≤ "
+                f"{bench_overhead.TARGET_RATIO}x) |"
+            )
+    transfer = results.get("transfer")
+    if transfer:
+        for operation in ("upload", "download"):
+            lib = transfer.get((operation, "audioshake-async"))
+            bare = transfer.get((operation, "bare aiohttp"))
+            curl = transfer.get((operation, "curl (C, libcurl)"))
+            if lib and bare:
+                lines.append(
+                    f"| {transfer['size']} {operation}, MiB/s (peak RSS) | {lib[0]} ({lib[1]} MiB) "
+                    f"| bare aiohttp {bare[0]} ({bare[1]} MiB) | {lib[2]} of bare |"
+                )
+            if lib and curl:
+                lines.append(
+                    f"| {transfer['size']} {operation} vs curl | {lib[0]} "
+                    f"| curl {curl[0]} ({curl[1]} MiB) "
+                    f"| curl at {curl[2]} of bare |"
+                )
+    batch = results.get("batch")
+    if batch:
+        plan = batch["plan"]
+        runs = batch["scaling"][plan["catalog"]]
+        totals = bench_batch.total_per_item(runs)
+        lines.append(
+            f"| catalog of {plan['catalog']:,}: items/s, peak RSS | "
+            f"{median_of(runs, 'items_per_s'):.0f} items/s, "
+            f"{median_of(runs, 'peak_rss_mib'):.0f} MiB | target RSS < "
+            f"{bench_batch.RSS_TARGET_MIB} MiB | "
+            f"{statistics.median(totals):.2f} API requests/item (budget 6) |"
+        )
+        ceiling = batch["ceiling"]
+        c_api = statistics.median(bench_batch.api_per_item(ceiling))
+        lines.append(
+            f"| at the documented 60 req/s | {median_of(ceiling, 'items_per_s'):.1f} items/s "
+            f"| bound 60 / {c_api:.2f} API requests per item = {60 / c_api:.1f} items/s "
+            f"| {median_of(ceiling, 'items_per_s') / (60 / c_api):.0%} of the bound |"
+        )
+        polls = {}
+        for refresh in (False, True):
+            wait = batch[f"wait:{refresh}"]
+            polls[refresh] = statistics.median(
+                (
+                    bench_batch.by_kind(r["requests"]).get("poll", 0)
+                    + bench_batch.by_kind(r["requests"]).get("list page", 0)
+                )
+                / r["items"]
+                for r in wait
+            )
+        lines.append(
+            f"| polling requests per task, {plan['wait']:,} in flight | list pages "
+            f"{polls[True]:.2f} | per-task GETs {polls[False]:.2f} "
+            f"| {polls[False] / max(polls[True], 1e-9):.0f}x fewer |"
+        )
+        lib_small = batch["scaling"][plan["naive"]]
+        for poll in sorted(batch["naive"], reverse=True):
+            naive = batch["naive"][poll]
+            ratio = median_of(lib_small, "items_per_s") / median_of(naive, "items_per_s")
+            lines.append(
+                f"| {plan['naive']:,} items: items/s (peak RSS) | "
+                f"{median_of(lib_small, 'items_per_s'):.0f} "
+                f"({median_of(lib_small, 'peak_rss_mib'):.0f} MiB) | naive requests + 16 "
+                f"threads, poll {poll:g} s: {median_of(naive, 'items_per_s'):.1f} "
+                f"({median_of(naive, 'peak_rss_mib'):.0f} MiB) | {ratio:.1f}x "
+                f"(target ≥ {bench_batch.PEER_TARGET:g}x) |"
+            )
+        sizes = sorted(batch["scaling"])
+        first, last = sizes[0], sizes[-1]
+        lines.append(
+            f"| scaling {first:,} → {last:,} inputs | "
+            f"{median_of(batch['scaling'][first], 'items_per_s'):.0f} → "
+            f"{median_of(batch['scaling'][last], 'items_per_s'):.0f} items/s | peak RSS "
+            f"{median_of(batch['scaling'][first], 'peak_rss_mib'):.0f} → "
+            f"{median_of(batch['scaling'][last], 'peak_rss_mib'):.0f} MiB | see `results.png` |"
+        )
+    if "musicai" in results:
+        lines.append(
+            "| Music.AI jobs vs the official `musicai-sdk` (its own benchmark) "
+            f"| {results['musicai']} | | see its section |"
+        )
+    failed = results.get("failed")
+    if failed:
+        lines += ["", "Benchmarks that failed in this run: " + ", ".join(failed) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, one run each")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny sizes for the test suite (implies --quick and --no-write; figures meaningless)",
+    )
+    parser.add_argument("--no-write", action="store_true", help="print the tables only")
+    parser.add_argument(
+        "--only", default=",".join(ALL), help=f"comma-separated subset of {','.join(ALL)}"
+    )
+    parser.add_argument("--tmp", default=None, help="where the batch catalogs and outputs go")
+    args = parser.parse_args(argv)
+    only = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = sorted(set(only) - set(ALL))
+    if unknown:
+        parser.error(f"unknown benchmark(s): {', '.join(unknown)}")
+    if args.smoke:
+        args.quick, args.no_write = True, True
+    write = not args.no_write
+    target = results_file(args.quick)
+    plot_path = plot_file(args.quick)
+    mode = ["--quick"] if args.quick else []
+    info = machine_info()
+    progress(machine_line(info))
+    started = time.perf_counter()
+    results: dict[str, Any] = {"failed": []}
+    texts: dict[str, str] = {}
+
+    if "overhead" in only:
+        progress("=== per-request overhead")
+        result = bench_overhead.measure(args.quick, requests=200 if args.smoke else None)
+        results["overhead"] = result
+        texts["overhead"] = bench_overhead.section(result, mode)
+
+    if "transfer" in only:
+        progress("=== 1 GiB transfer (bench_transfer.py)")
+        # Full mode: bench_transfer writes its own section of RESULTS.md, as when run alone.
+        extra = ["--write"] if write and not args.quick else []
+        code, stdout = run_script("bench_transfer.py", mode + extra)
+        if code == 0:
+            results["transfer"] = transfer_rows(stdout)
+            if args.quick:
+                texts["transfer"] = "## Transfer (quick)\n\n" + stdout.strip() + "\n"
+        else:
+            results["failed"].append("bench_transfer.py")
+
+    if "batch" in only:
+        progress("=== catalog batch, peers, scaling")
+        batch_mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+        data = bench_batch.measure(batch_mode, args.tmp)
+        results["batch"] = data
+        texts.update(bench_batch.sections(data, mode, "benchmarks/bench_batch.py"))
+        if write:
+            bench_batch.plot(data, plot_path)
+
+    if "musicai" in only:
+        script = HERE / "bench_musicai.py"
+        if script.exists():
+            progress("=== Music.AI vs musicai-sdk (bench_musicai.py)")
+            extra = ["--write"] if write and not args.quick else []
+            code, stdout = run_script(script.name, mode + extra)
+            if code == 0:
+                results["musicai"] = musicai_speedup(stdout)
+                if args.quick:
+                    texts["musicai"] = "## Music.AI (quick)\n\n" + stdout.strip() + "\n"
+            else:
+                results["failed"].append("bench_musicai.py")
+        else:
+            progress("bench_musicai.py not present: skipped")
+
+    minutes = (time.perf_counter() - started) / 60
+    texts["summary"] = summary(results, info, argv, loadavg(), minutes)
+    order = ["summary", "overhead", "transfer", "batch", "peers", "scaling", "musicai"]
+    for name in order:
+        if name in texts:
+            print(texts[name])
+    if write:
+        for name in order:
+            if name in texts:
+                write_section(name, texts[name], target, top=name == "summary")
+        plotted = f" and {plot_path.name}" if "batch" in results else ""
+        progress(f"wrote {target.relative_to(ROOT)}{plotted}")
+    progress(f"suite done in {minutes:.1f} min")
+    return 1 if results["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
