@@ -690,8 +690,9 @@ class MusicAI:
     async def output_format(self, job_id: str, name: str, url: str) -> str:
         """The extension an output is saved with: from the URL path, else its Content-Type.
 
-        An extension-less URL costs one ``Range: bytes=0-0`` GET, once per output; ``bin``
-        when neither says anything.
+        An extension-less URL costs one ``Range: bytes=0-0`` GET, once per output (a refused,
+        expired URL is renewed through ``GET /job/{id}`` first); ``bin`` when neither says
+        anything.
         """
         ext = extension_from_url(url)
         if ext is not None:
@@ -700,15 +701,23 @@ class MusicAI:
         known = self._probed.get(key)
         if known is not None:
             return known
-        found: str | None = None
+        status, content_type = await self._probe(url)
+        if status in (401, 403):
+            fresh = (await self.jobs.get(job_id)).files.get(name)
+            if fresh is not None:
+                status, content_type = await self._probe(fresh)
+        self._probed[key] = extension_from_content_type(content_type) or "bin"
+        return self._probed[key]
+
+    async def _probe(self, url: str) -> tuple[int, str | None]:
+        """Status and Content-Type of a one-byte GET (0 when the request failed)."""
         try:
             async with self._transport.open_download(url, {"Range": "bytes=0-0"}) as response:
                 if response.status in (200, 206):
-                    found = extension_from_content_type(response.headers.get("Content-Type"))
+                    return response.status, response.headers.get("Content-Type")
+                return response.status, None
         except errors.AudioShakeError:
-            found = None
-        self._probed[key] = found or "bin"
-        return self._probed[key]
+            return 0, None
 
     async def outputs(self, job: Job) -> builtins.list[Output]:
         """The URL entries of ``result`` as outputs (name = key, format = extension)."""
@@ -963,6 +972,13 @@ class MusicAIProvider:
                 short = middle
         return short * size + len(await self._server_page(short, size))
 
+    async def _order_from_ends(self, first: Sequence[Job], size: int) -> str | None:
+        """The direction when a whole first page shares one timestamp: compare with the last
+        job listed (None while every job listed shares it: then order does not matter)."""
+        self._total = await self._count(size)
+        last = await self._server_page((self._total - 1) // size, size)
+        return _order_of([first[0], last[-1]]) if last else None
+
     async def _ascending_slice(self, start: int, stop: int, size: int) -> builtins.list[Job]:
         first, last = start // size, (stop - 1) // size
         jobs: builtins.list[Job] = []
@@ -984,7 +1000,7 @@ class MusicAIProvider:
                 if len(jobs) < take:
                     # Everything is on this page: order it here, no direction needed.
                     return _newest_first(jobs)
-                self._order = _order_of(jobs)
+                self._order = _order_of(jobs) or await self._order_from_ends(jobs, take)
             if self._order != "oldest":
                 return jobs
         if self._total is None:

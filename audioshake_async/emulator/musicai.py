@@ -22,7 +22,8 @@ For tests and benchmarks of Music.AI clients, ours and the official ``musicai-sd
   URL and reported as ``"[custom storage]"``.
 - Faults: ``http_fail_rate`` (5xx), a token-bucket ``rate_limit`` and ``rate_limit_burst``
   (429 with ``Retry-After``), ``drop_after_create`` (the next N ``POST /job`` create the job,
-  then close the connection unanswered).
+  then close the connection unanswered), ``put_failures`` (the next N upload PUTs answer 503
+  after reading the body).
 - ``tls=True`` serves both hosts over HTTPS with a certificate for ``127.0.0.1`` from a CA made
   at start (``trustme``), because the official SDK only downloads ``https://`` results. Point
   ``REQUESTS_CA_BUNDLE`` at :attr:`MusicAIEmulator.ca_path`, or use
@@ -197,6 +198,8 @@ class MusicAIConfig:
     retry_after: float | None = attrs.field(default=1.0, validator=_non_negative)
     #: The next N ``POST /job`` create the job, then drop the connection without answering.
     drop_after_create: int = attrs.field(default=0, validator=_non_negative)
+    #: The next N upload PUTs read the whole body, then answer 503 (the client must resend).
+    put_failures: int = attrs.field(default=0, validator=_non_negative)
     #: ``GET /job`` order by creation: ``"oldest"`` or ``"newest"`` first.
     list_order: str = attrs.field(default="oldest", validator=_order)
     #: Answer ``GET /job`` as ``{"jobs": [...]}`` instead of a bare array.
@@ -360,6 +363,7 @@ class MusicAIEmulator:
         self._bucket = TokenBucket()
         self._burst = self.config.rate_limit_burst
         self._seq = 0
+        self._last_created_ms = 0
         self._executor: ThreadPoolExecutor | None = None
         self._http: aiohttp.ClientSession | None = None
         self._workdir: Path | None = None
@@ -707,7 +711,7 @@ class MusicAIEmulator:
             params=params,
             metadata=metadata,
             copy_to=copy_to,
-            created=time.time(),
+            created=self._next_created(),
             forced_failure=cfg.fail_rate > 0 and self._rng.random() < cfg.fail_rate,
         )
         self._jobs[job.id] = job
@@ -723,6 +727,13 @@ class MusicAIEmulator:
             if request.transport is not None:
                 request.transport.close()
         return web.json_response({"id": job.id})
+
+    def _next_created(self) -> float:
+        # Strictly increasing at the millisecond resolution of ``createdAt``: the order of
+        # jobs created in one burst stays visible to clients.
+        millis = max(int(time.time() * 1000), self._last_created_ms + 1)
+        self._last_created_ms = millis
+        return millis / 1000
 
     def _find(self, request: web.Request) -> _Job:
         job_id = request.match_info["id"]
@@ -832,6 +843,12 @@ class MusicAIEmulator:
         file_id = request.match_info["file_id"]
         if file_id not in self._blobs or request.match_info["filename"] != UPLOAD_NAME:
             return s3_error(404, "NoSuchKey", "The specified key does not exist.")
+        if self.config.put_failures > 0:
+            self.config = attrs.evolve(self.config, put_failures=self.config.put_failures - 1)
+            self._faults["put_failure"] += 1
+            async for _ in request.content.iter_chunked(256 * 1024):
+                pass
+            return s3_error(503, "SlowDown", "Please reduce your request rate.")
         limit = self.config.max_upload_bytes
         declared = request.content_length
         if limit is not None and declared is not None and declared > limit:
@@ -921,7 +938,10 @@ class MusicAIEmulator:
                     result[key] = ("value", CUSTOM_STORAGE)
                     continue
                 file_id = new_file_id()
-                name = f"{key}.wav" if cfg.result_extensions else key
+                # The key names the file in the URL too, minus path separators (the key
+                # itself, whatever it holds, only travels in the result map).
+                plain = re.sub(r"[/\\]", "_", key)
+                name = f"{plain}.wav" if cfg.result_extensions else plain
                 self._files[file_id] = FileEntry(path, name, content_type_for("x.wav"))
                 result[key] = ("file", file_id, name)
             for key, value in values.items():
