@@ -99,8 +99,17 @@ def command_line(script: str, argv: Sequence[str]) -> str:
 
 
 def peak_rss_mib() -> float:
-    """Peak resident set size of this process in MiB (``ru_maxrss`` is KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident set size of this process in MiB.
+
+    ``VmHWM`` of ``/proc/self/status`` where it exists: ``ru_maxrss`` of a process started by
+    a larger one also counts the parent's pages from before ``exec`` (Linux keeps the fork's
+    high-water mark), so every child of a 60 MiB driver would report at least 60 MiB.
+    ``VmHWM`` is the peak of this process's own address space. Elsewhere ``ru_maxrss``.
+    """
+    match = re.search(r"VmHWM:\s*(\d+) kB", _read("/proc/self/status"))
+    if match:
+        return int(match.group(1)) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 class EmulatorHandle(NamedTuple):

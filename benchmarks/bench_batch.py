@@ -1,7 +1,7 @@
 """Catalog batches through ``client.batch``: items/s, API requests per item, peak RSS.
 
 Every run starts a fresh emulator in its own process and runs the contender in another one,
-so ``ru_maxrss`` (read in the contender after the batch) is the contender's own peak. Inputs
+which reports its own peak RSS after the batch (``VmHWM``; see ``_common.peak_rss_mib``). Inputs
 are distinct paths (hard links to one tiny stereo WAV, 0.05 s), two targets per task
 (``vocals`` and ``instrumental`` as WAV), so each item is 1 upload, 1 create, its polls and
 2 downloads. The library runs with its defaults (journal on disk, SHA-256 of inputs and
@@ -12,15 +12,16 @@ Workloads:
 - ``catalog``: N inputs, zero emulated processing delay. For throughput the emulator's rate
   limit is off and the client's ``rate_limit`` is 1 000 000/s (so neither limits anything);
 - ``ceiling``: the same at the documented 60 requests/s (the emulator's token bucket at 60/s,
-  the client at its default 60/s): the real ceiling is 60 / (requests per item) items/s;
-- ``wait``: 1000 tasks in flight at once (processing takes 10-20 s), polled by per-task
+  the client at its default 60/s): the real ceiling is 60 / (API requests per item) items/s
+  (downloads go to the CDN origin, which the limit does not count);
+- ``wait``: 1000 tasks in flight at once (processing takes 15-30 s), polled by per-task
   ``GET /tasks/{id}`` (``list_refresh=False``) or by ``GET /tasks`` pages (the default);
 - ``naive``: ``naive_client.py`` (requests + 16 threads) on the same emulator settings;
 - ``scaling``: the catalog workload at 1k, 10k (and 100k in full mode) inputs.
 
     python benchmarks/bench_batch.py --quick     # small sizes, 1 run each
     python benchmarks/bench_batch.py             # full: 3 runs per figure, 100k once
-    python benchmarks/bench_batch.py --write     # also update benchmarks/RESULTS.md
+    python benchmarks/bench_batch.py --write     # also update RESULTS.md and results.png
 """
 
 from __future__ import annotations
