@@ -34,7 +34,7 @@ import stat as stat_module
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 import aiofiles.os
 import aiohttp
@@ -284,11 +284,16 @@ def _check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any] | None
 
 def extension_from_url(url: str) -> str | None:
     """The extension of the URL path's last segment (``.../vocals.wav?sig`` -> ``wav``), if any."""
-    try:
-        path = urlsplit(url).path
-    except ValueError:
+    # Plain string cuts rather than urlsplit: this runs for every output of every job of every
+    # list page the batch engine reads, and the URLs come from the API, not from a user.
+    path = url.split("?", 1)[0].split("#", 1)[0]
+    if "://" in path:
+        path = path.split("://", 1)[1]
+    if "/" not in path:
         return None
-    last = unquote(path.rsplit("/", 1)[-1])
+    last = path.rsplit("/", 1)[-1]
+    if "%" in last:
+        last = unquote(last)
     stem, dot, ext = last.rpartition(".")
     if dot and stem and 1 <= len(ext) <= 8 and ext.isalnum():
         return ext.lower()
