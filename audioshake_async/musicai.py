@@ -100,6 +100,9 @@ TERMINAL = frozenset({SUCCEEDED, FAILED})
 #: Failure codes the reference says are worth submitting again.
 RETRYABLE_CODES = frozenset({"INTERNAL_ERROR", "TIMEOUT"})
 
+#: Entries kept in the small per-client caches (probed extensions, values awaiting their
+#: ``result.json``); the oldest go first, and a dropped entry only costs a request again.
+CACHE_LIMIT = 4096
 #: Reads of a job that may return an older record before an output is declared gone.
 STALE_READ_ATTEMPTS = 4
 
@@ -711,8 +714,9 @@ class MusicAI:
             fresh = (await self.jobs.get(job_id)).files.get(name)
             if fresh is not None:
                 status, content_type = await self._probe(fresh)
-        self._probed[key] = extension_from_content_type(content_type) or "bin"
-        return self._probed[key]
+        found = extension_from_content_type(content_type) or "bin"
+        _remember(self._probed, key, found)
+        return found
 
     async def _probe(self, url: str) -> tuple[int, str | None]:
         """Status and Content-Type of a one-byte GET (0 when the request failed)."""
@@ -828,6 +832,12 @@ _VALUES_SCHEME = "musicai-values:"
 _STATUS_TO_TARGET = {SUCCEEDED: "completed", FAILED: "error"}
 
 
+def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    cache[key] = value
+    if len(cache) > CACHE_LIMIT:
+        del cache[next(iter(cache))]  # dicts keep insertion order: the oldest entry
+
+
 def _job_name(metadata: str) -> str:
     try:
         data = json.loads(metadata)
@@ -927,7 +937,7 @@ class MusicAIProvider:
             outputs = await self.client.outputs(job)
             values = job.values
             if values:
-                self._values[job.id] = values
+                _remember(self._values, job.id, values)
                 outputs.append(Output("result", "json", _VALUES_SCHEME + job.id))
         elif job.status == FAILED:
             detail = job.error or JobError()
@@ -1028,7 +1038,7 @@ class MusicAIProvider:
         write the non-URL values as ``result.json``."""
         if not output.link.startswith(_VALUES_SCHEME):
             return await self.client.fetch_output(task.id, output, destination, checksum=checksum)
-        values = self._values.get(task.id)
+        values = self._values.pop(task.id, None)
         if values is None:
             values = (await self.client.jobs.get(task.id)).values
         size, digest = await anyio.to_thread.run_sync(_write_json_atomic, destination, values)
