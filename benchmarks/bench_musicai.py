@@ -466,11 +466,16 @@ def render(
         )
     ours_peak = results["upload-ours"][0]["peak_rss_mib"]
     verdicts = [speedup >= THROUGHPUT_TARGET, ours_peak < RSS_TARGET_MIB]
+    verdict = "met" if verdicts[0] else "MISSED"
+    if args.quick:
+        # 20 jobs cannot amortise the ~0.4 s each job takes at best: the throughput target
+        # is for the full run; --quick checks that everything works and the RSS target.
+        verdicts[0] = True
+        verdict = "not judged in --quick"
     lines += [
         "",
-        f"Targets: throughput >= {THROUGHPUT_TARGET:g}x the SDK "
-        f"{'met' if verdicts[0] else 'MISSED'} (batch engine {speedup:.1f}x, client "
-        f"{client_speedup:.1f}x); upload peak RSS flat "
+        f"Targets: throughput >= {THROUGHPUT_TARGET:g}x the SDK {verdict} (batch engine "
+        f"{speedup:.1f}x, client {client_speedup:.1f}x); upload peak RSS flat "
         f"(< {RSS_TARGET_MIB} MiB) {'met' if verdicts[1] else 'MISSED'} ({ours_peak:.0f} MiB "
         f"for {args.size_mib} MiB).",
     ]
