@@ -100,6 +100,12 @@ def make_converter() -> cattrs.Converter:
     def optional_factory(t: Any) -> Callable[[Any, Any], Any]:
         inner_type = next(a for a in typing.get_args(t) if a is not type(None))
         inner = conv.get_structure_hook(inner_type)
+        if inner is cattrs.BaseConverter._structure_call:
+            # ``str | None`` and the like: cattrs' hook is ``inner_type(value)``; call it here.
+            def structure_scalar(value: Any, _: Any) -> Any:
+                return None if value is None else inner_type(value)
+
+            return structure_scalar
 
         def structure_optional(value: Any, _: Any) -> Any:
             return None if value is None else inner(value, inner_type)
@@ -134,11 +140,18 @@ def make_converter() -> cattrs.Converter:
                     f"expected an object for {cls.__name__}, got {type(data).__name__}"
                 )
             # ``None in values()`` is a C-level scan: most objects skip the per-key check.
-            if non_null and None in data.values() and any(data.get(k, 0) is None for k in non_null):
+            if None in data.values() and any(data.get(k, 0) is None for k in non_null):
                 data = {k: v for k, v in data.items() if not (v is None and k in non_null)}
             return inner(data, target)
 
-        return structure
+        def structure_plain(data: Any, target: Any) -> Any:
+            if not isinstance(data, dict):
+                raise ValueError(
+                    f"expected an object for {cls.__name__}, got {type(data).__name__}"
+                )
+            return inner(data, target)
+
+        return structure if non_null else structure_plain
 
     def unstructure_factory(cls: type[Any]) -> Callable[[Any], Any]:
         overrides = {
