@@ -82,12 +82,15 @@ def machine_info() -> dict[str, str]:
     }
 
 
-def machine_line(info: dict[str, str] | None = None) -> str:
+def machine_line(info: dict[str, str] | None = None, end_load: str | None = None) -> str:
+    """One line: the machine, versions, start time and load average (at start, and at end)."""
     info = info or machine_info()
+    load = f"load average (1/5/15 min) at start {info['loadavg']}"
+    if end_load:
+        load += f", at end {end_load}"
     return (
         f"Machine: {info['nproc']} CPUs ({info['cpu']}), {info['ram']} RAM, {info['os']}; "
-        f"Python {info['python']}, aiohttp {info['aiohttp']}; {info['date']}; "
-        f"load average at start {info['loadavg']}."
+        f"Python {info['python']}, aiohttp {info['aiohttp']}; started {info['date']}; {load}."
     )
 
 

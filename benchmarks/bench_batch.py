@@ -50,6 +50,8 @@ from _common import (
     command_line,
     emulator_process,
     fmt,
+    loadavg,
+    machine_info,
     machine_line,
     make_catalog,
     peak_rss_mib,
@@ -351,6 +353,7 @@ def measure(mode: str, tmp: str | None = None) -> dict[str, Any]:
     p = plan(mode)
     reps = p["reps"]
     out: dict[str, Any] = {"plan": p, "mode": mode, "scaling": {}, "naive": {}}
+    out["info"] = machine_info()
     throughput = {"emulator": THROUGHPUT_EMULATOR, "client_rate": THROUGHPUT_RATE}
     with tempfile.TemporaryDirectory(prefix="bench-batch-", dir=tmp) as root:
         ws = Workspace(Path(root))
@@ -391,6 +394,7 @@ def measure(mode: str, tmp: str | None = None) -> dict[str, Any]:
                     sample_in_flight=True,
                 )
                 out.setdefault(f"wait:{refresh}", []).append(record)
+    out["end_load"] = loadavg()
     return out
 
 
@@ -633,8 +637,13 @@ def plot(data: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def sections(data: dict[str, Any], argv: list[str], script: str) -> dict[str, str]:
-    head = f"{machine_line()}\nCommand: `{command_line(script, argv)}`\n\n"
+def sections(
+    data: dict[str, Any], argv: list[str], script: str, via: str | None = None
+) -> dict[str, str]:
+    command = f"`{command_line(script, argv)}`"
+    if via:
+        command = f"`{via}` (these sections alone: {command})"
+    head = f"{machine_line(data['info'], data['end_load'])}\nCommand: {command}\n\n"
     return {
         "batch": "## Catalog batch: items/s, requests per item, peak RSS\n\n"
         + head

@@ -36,6 +36,8 @@ from _common import (
     command_line,
     emulator_process,
     fmt,
+    loadavg,
+    machine_info,
     machine_line,
     peak_rss_mib,
     progress,
@@ -155,6 +157,7 @@ def measure(
     requests = requests or (1000 if quick else 6000)
     warmup = 200 if quick else 500
     runs: dict[str, list[dict[str, Any]]] = {}
+    info = machine_info()
     with emulator_process(delay=0, rate_limit=None, seed=1) as emu:
         task_id = asyncio.run(_make_task(emu.base_url, emu.api_key))
         for rep in range(reps):
@@ -192,13 +195,29 @@ def measure(
                         f"{record['req_per_s']:8.0f} req/s"
                     )
     table = render(runs, reps, requests)
-    return {"runs": runs, "reps": reps, "requests": requests, "table": table}
+    return {
+        "runs": runs,
+        "reps": reps,
+        "requests": requests,
+        "table": table,
+        "info": info,
+        "end_load": loadavg(),
+    }
 
 
 def ratio_of(runs: dict[str, list[dict[str, Any]]], concurrency: int) -> float:
+    """Median lib CPU per request over median bare CPU per request."""
     lib = statistics.median(r["cpu_us"] for r in runs[f"lib:{concurrency}"])
     bare = statistics.median(r["cpu_us"] for r in runs[f"bare:{concurrency}"])
     return lib / bare
+
+
+def paired_ratios(runs: dict[str, list[dict[str, Any]]], concurrency: int) -> list[float]:
+    """lib / bare within each repetition (the two ran back to back, under the same load)."""
+    return [
+        lib["cpu_us"] / bare["cpu_us"]
+        for lib, bare in zip(runs[f"lib:{concurrency}"], runs[f"bare:{concurrency}"], strict=True)
+    ]
 
 
 def render(runs: dict[str, list[dict[str, Any]]], reps: int, requests: int) -> str:
@@ -208,8 +227,8 @@ def render(runs: dict[str, list[dict[str, Any]]], reps: int, requests: int) -> s
         "(the emulator runs in another process).",
         "",
         "| concurrency | contender | client CPU µs/request | requests/s | peak RSS MiB "
-        "| CPU vs bare |",
-        "|---|---|---|---|---|---|",
+        "| CPU vs bare (ratio of medians) | per-repetition ratios |",
+        "|---|---|---|---|---|---|---|",
     ]
     verdicts = []
     for concurrency in CONCURRENCIES:
@@ -217,10 +236,11 @@ def render(runs: dict[str, list[dict[str, Any]]], reps: int, requests: int) -> s
             rows = runs[f"{contender}:{concurrency}"]
             name = "bare aiohttp get()+json()" if contender == "bare" else "client.tasks.get()"
             ratio = ratio_of(runs, concurrency) if contender == "lib" else 1.0
+            paired = fmt(paired_ratios(runs, concurrency), 2) + "x" if contender == "lib" else ""
             lines.append(
                 f"| {concurrency} | {name} | {fmt([r['cpu_us'] for r in rows])} "
                 f"| {fmt([r['req_per_s'] for r in rows])} "
-                f"| {fmt([r['peak_rss_mib'] for r in rows], 1)} | {ratio:.2f}x |"
+                f"| {fmt([r['peak_rss_mib'] for r in rows], 1)} | {ratio:.2f}x | {paired} |"
             )
         ratio = ratio_of(runs, concurrency)
         verdicts.append(
@@ -236,11 +256,14 @@ def render(runs: dict[str, list[dict[str, Any]]], reps: int, requests: int) -> s
     return "\n".join(lines) + "\n"
 
 
-def section(result: dict[str, Any], argv: list[str]) -> str:
+def section(result: dict[str, Any], argv: list[str], via: str | None = None) -> str:
+    command = f"`{command_line('benchmarks/bench_overhead.py', argv)}`"
+    if via:
+        command = f"`{via}` (this section alone: {command})"
     return (
         "## Per-request overhead: `client.tasks.get()` vs bare aiohttp\n\n"
-        f"{machine_line()}\n"
-        f"Command: `{command_line('benchmarks/bench_overhead.py', argv)}`\n\n"
+        f"{machine_line(result['info'], result['end_load'])}\n"
+        f"Command: {command}\n\n"
         "The library runs with its models, cattrs converter, retry loop, request counting and "
         f"rate limiter; the limiter is set to {LIB_RATE_LIMIT:,.0f} requests/s so it never "
         "waits (its bookkeeping is counted), and the emulator's own limit is off.\n\n"

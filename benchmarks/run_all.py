@@ -78,7 +78,8 @@ def transfer_rows(stdout: str) -> dict[Any, Any]:
     for line in stdout.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) == 5 and cells[0] in ("upload", "download"):
-            rows[(cells[0], cells[1])] = (cells[2], cells[3], cells[4])
+            # The medians only (the section itself shows min–max).
+            rows[(cells[0], cells[1])] = (cells[2].split()[0], cells[3].split()[0], cells[4])
     return rows
 
 
@@ -93,12 +94,12 @@ def summary(
     lines = [
         "## Summary (audioshake-async vs the alternatives, one machine, one run)",
         "",
-        machine_line(info),
+        machine_line(info, load_end),
         f"Command: `{command_line('benchmarks/run_all.py', argv)}` ({minutes:.0f} min). "
-        f"Load average at start {info['loadavg']}, at end {load_end}: other engineers' test "
-        "suites may have been running on the same 2 cores during the run, so absolute figures "
-        "are conservative; contenders alternate within each repetition and medians (min–max) "
-        "are what to compare.",
+        "Other processes may have been running on the machine during the run (other "
+        "engineers' test suites share the 2 cores; see the load averages): absolute figures "
+        "are conservative; contenders alternate within each repetition and medians (min–max "
+        "in each section) are what to compare. Ratios are of medians.",
         "",
         "| question | audioshake-async | alternative | ratio |",
         "|---|---|---|---|",
@@ -224,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     plot_path = plot_file(args.quick)
     mode = ["--quick"] if args.quick else []
     info = machine_info()
+    via = command_line("benchmarks/run_all.py", argv)
     progress(machine_line(info))
     started = time.perf_counter()
     results: dict[str, Any] = {"failed": []}
@@ -233,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         progress("=== per-request overhead")
         result = bench_overhead.measure(args.quick, requests=200 if args.smoke else None)
         results["overhead"] = result
-        texts["overhead"] = bench_overhead.section(result, mode)
+        texts["overhead"] = bench_overhead.section(result, mode, via)
 
     if "transfer" in only:
         progress("=== 1 GiB transfer (bench_transfer.py)")
@@ -252,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_mode = "smoke" if args.smoke else "quick" if args.quick else "full"
         data = bench_batch.measure(batch_mode, args.tmp)
         results["batch"] = data
-        texts.update(bench_batch.sections(data, mode, "benchmarks/bench_batch.py"))
+        texts.update(bench_batch.sections(data, mode, "benchmarks/bench_batch.py", via))
         if write:
             bench_batch.plot(data, plot_path)
 
