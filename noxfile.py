@@ -1,4 +1,4 @@
-"""Developer sessions: ``nox -s tests lint typecheck``; ``nox -s bench -- --quick`` for a smoke run."""
+"""Developer sessions: ``nox -s tests lint typecheck``; ``nox -s bench -- --quick`` to smoke-run."""
 
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff: lint and formatting of the package, tests, benchmarks and examples."""
     session.install("ruff")
-    session.run("ruff", "check", "audioshake_async", "tests", "benchmarks", "examples", "noxfile.py")
+    paths = ["audioshake_async", "tests", "benchmarks", "examples", "noxfile.py"]
+    session.run("ruff", "check", *paths)
+    session.run("ruff", "format", "--check", *paths)
 
 
 @nox.session(python=PYTHON)

@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import TextIO
 
+import anyio
 import attrs
 
 from . import errors
@@ -40,6 +41,7 @@ from .batch import (
 )
 from .client import ENV_API_KEY, AudioShake
 from .models import MAX_TARGETS_PER_TASK, Model, Target
+from .webhooks import WebhookReceiver
 
 __all__ = ["main"]
 
@@ -102,6 +104,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="AudioShake API generation: tasks (default) or legacy (= --provider legacy)",
     )
     run.add_argument("--workflow", metavar="SLUG", help="Music.AI workflow (--provider musicai)")
+    run.add_argument(
+        "--webhook-listen",
+        metavar="HOST:PORT",
+        help="receive task deliveries on HOST:PORT; polling drops to a slow safety poll",
+    )
+    run.add_argument(
+        "--webhook-url",
+        metavar="PUBLIC_BASE_URL",
+        help="public base URL that reaches --webhook-listen (registered for the run)",
+    )
+    run.add_argument(
+        "--webhook-no-register",
+        action="store_true",
+        help="do not call POST /webhooks: print the URL to set in the dashboard instead",
+    )
     run.add_argument("--residual", action="store_true", help="also produce <model>_residual")
     run.add_argument("--language", metavar="L", help="language for transcription/alignment")
     run.add_argument(
@@ -406,6 +423,47 @@ def _open_provider(
     return _audioshake_provider(args, targets)
 
 
+@contextlib.asynccontextmanager
+async def _webhooks(
+    args: argparse.Namespace, provider: BatchProvider, err: TextIO
+) -> AsyncIterator[WebhookReceiver | None]:
+    """With --webhook-listen: serve a receiver and register it for the run (removed after)."""
+    if not args.webhook_listen:
+        if args.webhook_url or args.webhook_no_register:
+            raise UsageError("--webhook-url and --webhook-no-register need --webhook-listen")
+        yield None
+        return
+    if not isinstance(provider, AudioShakeProvider):
+        raise UsageError("webhooks are available with the Tasks API only")
+    host, _, port_text = args.webhook_listen.rpartition(":")
+    if not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise UsageError(f"--webhook-listen takes HOST:PORT, got {args.webhook_listen!r}")
+    if not args.webhook_no_register and not args.webhook_url:
+        raise UsageError("--webhook-listen needs --webhook-url (or --webhook-no-register)")
+    receiver = WebhookReceiver()
+    async with receiver.serve(host.strip("[]"), int(port_text)) as local_url:
+        public = receiver.url_for(args.webhook_url or local_url)
+        if args.webhook_no_register:
+            print(
+                f"set this webhook URL in the AudioShake dashboard (Settings > Webhook URL): "
+                f"{public}",
+                file=err,
+            )
+            yield receiver
+            return
+        hook = await provider.client.webhooks.register(public)
+        try:
+            yield receiver
+        finally:
+            # Removed on every exit, Ctrl-C included: a stale registration would keep
+            # receiving deliveries for a receiver that is gone.
+            with anyio.CancelScope(shield=True):
+                try:
+                    await provider.client.webhooks.delete(hook.id)
+                except errors.AudioShakeError as exc:
+                    print(f"audioshake-async: could not remove webhook {hook.id}: {exc}", file=err)
+
+
 async def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.api == "legacy":
         args.provider = "legacy"
@@ -435,7 +493,12 @@ async def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     )
     tracker = ProgressTracker()
     results: list[BatchResult] = []
-    async with _open_provider(args, targets) as provider:
+    async with (
+        _open_provider(args, targets) as provider,
+        _webhooks(args, provider, err) as receiver,
+    ):
+        if receiver is not None:
+            options = attrs.evolve(options, webhooks=receiver)
         inputs = expand_inputs(args.inputs, exclude=[out_dir])
         async with _display(tracker, quiet=args.quiet or args.json, stream=err):
             batch = run_batch(

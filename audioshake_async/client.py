@@ -42,16 +42,16 @@ from .models import MAX_UPLOAD_BYTES, Asset, Model, Output, Target, Task, UsageM
 if TYPE_CHECKING:
     from .batch import BatchResult, ProgressHook
     from .batch.journal import Journal
+    from .webhooks import WebhookReceiver
 
 __all__ = ["AudioShake"]
 
 ENV_API_KEY = "AUDIOSHAKE_API_KEY"
 ENV_BASE_URL = "AUDIOSHAKE_BASE_URL"
+#: Seconds between safety polls while deliveries drive a wait (deliveries can be lost).
+DEFAULT_SAFETY_POLL = 180.0
 #: Reads of a task that may return an older snapshot before an output is declared gone.
 STALE_READ_ATTEMPTS = 4
-
-#: Webhook waiters (the ``webhooks`` issue) plug in through this interface.
-TaskWaiterSource = Any
 
 
 class AssetsResource:
@@ -176,37 +176,57 @@ class TasksResource:
         *,
         poll: PollPolicy | None = None,
         on_update: Callable[[Task], Any] | None = None,
+        webhooks: WebhookReceiver | None = None,
+        safety_poll: float = DEFAULT_SAFETY_POLL,
     ) -> Task:
-        """Poll until every target is ``completed`` or ``error``; return the final task.
+        """Wait until every target is ``completed`` or ``error``; return the final task.
 
-        Polls back off from ``poll.initial_interval`` to ``poll.max_interval`` and go through
-        the client's shared rate limiter. ``timeout`` (seconds, None for no limit) raises
+        Without ``webhooks``, polls back off from ``poll.initial_interval`` to
+        ``poll.max_interval``, through the client's shared rate limiter. With a
+        :class:`~audioshake_async.webhooks.WebhookReceiver`, one initial GET finds a task that
+        already finished; after that each delivery about the task triggers one authenticated
+        GET (deliveries are unsigned hints), and a slow safety poll every ``safety_poll``
+        seconds covers lost deliveries. ``timeout`` (seconds, None for no limit) raises
         :class:`~audioshake_async.errors.TaskTimeoutError` carrying the last snapshot;
-        ``raise_on_error`` raises :class:`~audioshake_async.errors.TaskFailedError` if any
-        target failed (otherwise partial success is returned as is).
+        ``raise_on_error`` raises :class:`~audioshake_async.errors.TaskFailedError` if a target
+        failed (otherwise partial success is returned as is).
         """
         policy = poll or self._poll
         task = task_id if isinstance(task_id, Task) else None
         ident = task.id if task is not None else str(task_id)
+        _require_id(ident, "task_id")
         deadline = None if timeout is None else time.monotonic() + timeout
-        poll_number = 0
-        if task is None or not task.is_done:
-            while True:
-                fresh = await self.get(ident)
-                task = merge_task_snapshot(task, fresh)
+        delivered = anyio.Event()
+
+        def on_delivery(_: Task) -> None:
+            delivered.set()
+
+        unsubscribe = webhooks.subscribe(ident, on_delivery) if webhooks is not None else None
+        try:
+            poll_number = 0
+            while task is None or not task.is_done:
+                if webhooks is not None:
+                    delivered = anyio.Event()  # reset before reading: no delivery is missed
+                task = merge_task_snapshot(task, await self.get(ident))
                 if on_update is not None:
                     on_update(task)
                 if task.is_done:
                     break
                 poll_number += 1
-                delay = policy.interval(poll_number, random.random())
+                if webhooks is not None:
+                    delay = safety_poll
+                else:
+                    delay = policy.interval(poll_number, random.random())
                 if deadline is not None:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         raise errors.TaskTimeoutError(ident, timeout or 0.0, task)
                     delay = min(delay, remaining)
-                await anyio.sleep(delay)
-        assert task is not None
+                with anyio.move_on_after(delay):
+                    await delivered.wait()
+        finally:
+            if unsubscribe is not None:
+                unsubscribe()
         if raise_on_error and task.failed_targets:
             raise errors.TaskFailedError(task)
         return task

@@ -25,7 +25,9 @@ from audioshake_async import AudioShake, Target
 
 async def discover(directory: str) -> AsyncIterator[str]:
     """Yield input files one by one, as a queue consumer would."""
-    for path in sorted(pathlib.Path(directory).glob("*.wav")):
+    # Directory listing is blocking I/O: done in a worker thread, off the event loop.
+    paths = await anyio.to_thread.run_sync(lambda: sorted(pathlib.Path(directory).glob("*.wav")))
+    for path in paths:
         await asyncio.sleep(0)  # a real source would await its queue here
         yield str(path)
 
@@ -43,8 +45,9 @@ def peak_dbfs(path: pathlib.Path) -> float:
 async def main(source_dir: str, out_dir: str) -> None:
     """Stems in, one measurement per finished input out."""
     async with service() as (base_url, key), AudioShake(key, base_url) as client:
-        results = client.batch(discover(source_dir), targets=[Target("vocals", ["wav"])],
-                               out_dir=out_dir)
+        results = client.batch(
+            discover(source_dir), targets=[Target("vocals", ["wav"])], out_dir=out_dir
+        )
         # aclosing: leaving the loop early cancels the batch cleanly.
         async with contextlib.aclosing(results):
             async for result in results:

@@ -14,6 +14,7 @@ import sys
 import tempfile
 from collections.abc import AsyncIterator
 
+import aiofiles
 from aiohttp import web
 
 from audioshake_async import AudioShake, AudioShakeError, Target
@@ -44,9 +45,9 @@ async def separate(request: web.Request) -> web.Response:
         raise web.HTTPBadRequest(text="post the audio as multipart field 'file'")
     with tempfile.TemporaryDirectory() as tmp:
         path = f"{tmp}/{part.filename}"
-        with open(path, "wb") as handle:  # small writes; a large service would use aiofiles
+        async with aiofiles.open(path, "wb") as handle:  # file I/O off the event loop
             while chunk := await part.read_chunk():  # type: ignore[union-attr]
-                handle.write(chunk)
+                await handle.write(chunk)
         try:
             asset = await client.assets.upload(path)
             task = await client.tasks.create(
@@ -56,14 +57,21 @@ async def separate(request: web.Request) -> web.Response:
             task = await client.tasks.wait(task.id, timeout=600)
         except AudioShakeError as exc:
             return web.json_response({"error": str(exc)}, status=502)
-    return web.json_response({
-        "task": task.id,
-        "targets": [
-            {"model": t.model, "status": t.status,
-             "outputs": [{"name": o.name, "format": o.format, "link": o.link} for o in t.output]}
-            for t in task.targets
-        ],
-    })
+    return web.json_response(
+        {
+            "task": task.id,
+            "targets": [
+                {
+                    "model": t.model,
+                    "status": t.status,
+                    "outputs": [
+                        {"name": o.name, "format": o.format, "link": o.link} for o in t.output
+                    ],
+                }
+                for t in task.targets
+            ],
+        }
+    )
 
 
 @contextlib.asynccontextmanager

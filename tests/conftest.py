@@ -17,7 +17,9 @@ from audioshake_async.emulator import Emulator
 FAST_RETRY = RetryPolicy(max_retries=8, base_delay=0.01, max_delay=0.05)
 
 
-def write_wav(path: pathlib.Path, *, seconds: float = 0.25, rate: int = 8000, seed: int = 0) -> None:
+def write_wav(
+    path: pathlib.Path, *, seconds: float = 0.25, rate: int = 8000, seed: int = 0
+) -> None:
     """A small stereo 16-bit WAV whose content depends on ``seed``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     frames = bytearray()

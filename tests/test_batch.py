@@ -42,11 +42,16 @@ def sha256(path: pathlib.Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-async def collect(client: AudioShake, inputs: object, out: pathlib.Path, **kwargs: object
-                  ) -> list[BatchResult]:
+async def collect(
+    client: AudioShake, inputs: object, out: pathlib.Path, **kwargs: object
+) -> list[BatchResult]:
     results = []
-    async for result in client.batch(inputs, targets=kwargs.pop("targets", TARGETS),  # type: ignore[arg-type]
-                                     out_dir=out, **kwargs):  # type: ignore[arg-type]
+    async for result in client.batch(
+        inputs,
+        targets=kwargs.pop("targets", TARGETS),  # type: ignore[arg-type]
+        out_dir=out,
+        **kwargs,
+    ):  # type: ignore[arg-type]
         results.append(result)
     return results
 
@@ -142,8 +147,11 @@ async def test_changed_input_is_processed_again(
     os.utime(inputs[2])  # touched, same content: not new work
     again = await collect(client, inputs, tmp_path / "out", journal=journal)
     by_input = {r.input: r.status for r in again}
-    assert by_input == {str(inputs[0]): "skipped", str(inputs[1]): "done",
-                        str(inputs[2]): "skipped"}
+    assert by_input == {
+        str(inputs[0]): "skipped",
+        str(inputs[1]): "done",
+        str(inputs[2]): "skipped",
+    }
     assert emulator.stats()["tasks_created"] == 4
 
 
@@ -157,8 +165,12 @@ async def test_failed_items_are_reported_and_never_stop_the_batch(
     empty = tmp_path / "in" / "empty.wav"
     empty.write_bytes(b"")
     events: list[BatchEvent] = []
-    results = await collect(client, [good[0], missing, unsupported, good[1], empty, good[2]],
-                            tmp_path / "out", progress=events.append)
+    results = await collect(
+        client,
+        [good[0], missing, unsupported, good[1], empty, good[2]],
+        tmp_path / "out",
+        progress=events.append,
+    )
     by_input = {pathlib.Path(r.input).name: r for r in results}
     assert len(results) == 6
     assert {n for n, r in by_input.items() if r.ok} == {p.name for p in good}
@@ -167,7 +179,8 @@ async def test_failed_items_are_reported_and_never_stop_the_batch(
     assert "empty" in (by_input["empty.wav"].error or "")
     failed_events = [e for e in events if isinstance(e, ItemFailed)]
     assert sorted(pathlib.Path(e.input).name for e in failed_events) == sorted(
-        ["missing.wav", "notes.ogg", "empty.wav"])
+        ["missing.wav", "notes.ogg", "empty.wav"]
+    )
     assert emulator.stats()["tasks_created"] == 3
 
 
@@ -233,11 +246,21 @@ async def test_many_tasks_in_flight_are_refreshed_by_list_pages(
 ) -> None:
     emulator.configure(delay=0.5)
     inputs = make_wavs(150)
-    async with AudioShake(emulator.api_key, emulator.base_url, retry=FAST_RETRY,
-                          rate_limit=5000.0,
-                          poll=PollPolicy(initial_interval=0.3, max_interval=0.5)) as fast:
-        results = await collect(fast, inputs, tmp_path / "out", upload_concurrency=16,
-                                create_concurrency=16, download_concurrency=16)
+    async with AudioShake(
+        emulator.api_key,
+        emulator.base_url,
+        retry=FAST_RETRY,
+        rate_limit=5000.0,
+        poll=PollPolicy(initial_interval=0.3, max_interval=0.5),
+    ) as fast:
+        results = await collect(
+            fast,
+            inputs,
+            tmp_path / "out",
+            upload_concurrency=16,
+            create_concurrency=16,
+            download_concurrency=16,
+        )
         counts = fast.request_counts
     assert all(r.ok for r in results)
     polls = counts.get("GET /tasks/{id}", 0) + counts.get("GET /tasks", 0)
@@ -251,8 +274,9 @@ async def test_early_break_cancels_cleanly_and_a_rerun_completes(
     inputs = make_wavs(12)
     journal = tmp_path / "j.sqlite"
     emulator.configure(delay=0.05)
-    batch = client.batch(inputs, targets=TARGETS, out_dir=tmp_path / "out", journal=journal,
-                         upload_concurrency=2)
+    batch = client.batch(
+        inputs, targets=TARGETS, out_dir=tmp_path / "out", journal=journal, upload_concurrency=2
+    )
     async with contextlib.aclosing(batch):
         async for _ in batch:
             break
@@ -310,8 +334,9 @@ async def test_intent_from_a_crashed_run_adopts_the_existing_task(
     asset = await client.assets.upload(source)
     token = "0123456789abcdef0123456789abcdef"
     # The crashed run got as far as POST /tasks but never saved the task id.
-    await client.tasks.create(asset_id=asset.id, targets=TARGETS,
-                              metadata=json.dumps({"client_token": token}))
+    await client.tasks.create(
+        asset_id=asset.id, targets=TARGETS, metadata=json.dumps({"client_token": token})
+    )
     journal = SqliteJournal(journal_path)
     stat = source.stat()
     signature = targets_signature(TARGETS)
@@ -320,8 +345,9 @@ async def test_intent_from_a_crashed_run_adopts_the_existing_task(
     journal.record_intent(str(source), signature, token)
     journal.close()
     events: list[BatchEvent] = []
-    results = await collect(client, [source], tmp_path / "out", journal=journal_path,
-                            progress=events.append)
+    results = await collect(
+        client, [source], tmp_path / "out", journal=journal_path, progress=events.append
+    )
     assert results[0].status == "done"
     assert emulator.stats()["tasks_created"] == 1
     assert [e.recovered for e in events if isinstance(e, TaskCreated)] == [True]
@@ -335,8 +361,14 @@ async def test_faults_everywhere_still_complete_every_item_exactly_once(
     created twice, no key ever sent to the CDN."""
     inputs = make_wavs(200)
     emulator.configure(
-        delay=0.05, jitter=0.05, fail_rate=0.05, drop_rate=0.02, drop_after_create_rate=0.02,
-        truncate_rate=0.05, stale_rate=0.1, rate_limit_burst=25,
+        delay=0.05,
+        jitter=0.05,
+        fail_rate=0.05,
+        drop_rate=0.02,
+        drop_after_create_rate=0.02,
+        truncate_rate=0.05,
+        stale_rate=0.1,
+        rate_limit_burst=25,
     )
     written = 0
 
@@ -350,11 +382,22 @@ async def test_faults_everywhere_still_complete_every_item_exactly_once(
                 emulator.expire_links()
                 emulator.configure(rate_limit_burst=10)
 
-    async with AudioShake(emulator.api_key, emulator.base_url, retry=FAST_RETRY,
-                          rate_limit=3000.0,
-                          poll=PollPolicy(initial_interval=0.05, max_interval=0.3)) as faulty:
-        results = await collect(faulty, inputs, tmp_path / "out", journal=tmp_path / "j.sqlite",
-                                progress=on_event, upload_concurrency=8, download_concurrency=16)
+    async with AudioShake(
+        emulator.api_key,
+        emulator.base_url,
+        retry=FAST_RETRY,
+        rate_limit=3000.0,
+        poll=PollPolicy(initial_interval=0.05, max_interval=0.3),
+    ) as faulty:
+        results = await collect(
+            faulty,
+            inputs,
+            tmp_path / "out",
+            journal=tmp_path / "j.sqlite",
+            progress=on_event,
+            upload_concurrency=8,
+            download_concurrency=16,
+        )
     failed = [r for r in results if not r.ok]
     assert not failed, failed[:3]
     assert len(results) == 200
@@ -390,8 +433,16 @@ async def test_sigkill_mid_batch_then_rerun_completes_without_duplicates(
     inputs = [str(p) for p in make_wavs(30)]
     emulator.configure(delay=0.2, jitter=0.2)
     out, journal = tmp_path / "out", tmp_path / "j.sqlite"
-    argv = [sys.executable, "-c", CHILD, emulator.base_url, emulator.api_key, str(out),
-            str(journal), *inputs]
+    argv = [
+        sys.executable,
+        "-c",
+        CHILD,
+        emulator.base_url,
+        emulator.api_key,
+        str(out),
+        str(journal),
+        *inputs,
+    ]
     child = await anyio.open_process(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     finished = 0
     assert child.stdout is not None
@@ -410,7 +461,7 @@ async def test_sigkill_mid_batch_then_rerun_completes_without_duplicates(
     for path in final_files(out):
         assert sha256(path) in known, f"partial or foreign file {path}"
 
-    rerun = await anyio.run_process(argv[:-len(inputs)] + inputs, check=False)
+    rerun = await anyio.run_process(argv[: -len(inputs)] + inputs, check=False)
     assert rerun.returncode == 0, rerun.stderr.decode()[-2000:]
     lines = rerun.stdout.decode().split()
     assert lines.count("done") + lines.count("skipped") == len(inputs)

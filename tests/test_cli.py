@@ -153,7 +153,7 @@ def test_usage_errors_exit_2_with_one_line(
     monkeypatch.delenv("AUDIOSHAKE_API_KEY", raising=False)
     source = tmp_path / "in.wav"
     write_wav(source)
-    status, out, err = run_cli("run", str(source), "-o", str(tmp_path / "o"), *argv)
+    status, _out, err = run_cli("run", str(source), "-o", str(tmp_path / "o"), *argv)
     assert status == 2
     assert message in err
     assert len(err.strip().splitlines()) == 1

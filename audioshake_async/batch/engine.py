@@ -38,6 +38,7 @@ from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
     AsyncIterator,
+    Callable,
     Iterable,
     Mapping,
     Sequence,
@@ -78,6 +79,7 @@ from .provider import AudioShakeProvider, BatchProvider
 
 if TYPE_CHECKING:
     from ..client import AudioShake
+    from ..webhooks import WebhookReceiver
 
 __all__ = ["BatchOptions", "run_batch", "targets_signature"]
 
@@ -113,6 +115,11 @@ class BatchOptions:
     poll_concurrency: int = 16
     #: Compute SHA-256 of inputs and outputs for the journal.
     checksum: bool = True
+    #: Deliveries drive the waiting: each one triggers one confirming GET; polling drops to
+    #: a slow safety poll (deliveries can be lost).
+    webhooks: WebhookReceiver | None = None
+    #: Seconds between safety polls of a task while ``webhooks`` drive the waiting.
+    safety_poll: float = 180.0
 
     def __attrs_post_init__(self) -> None:
         for name in (
@@ -192,6 +199,7 @@ class _Item:
     finished: bool = False
     watch_started: float = 0.0
     next_due: float = 0.0
+    unsubscribe: Callable[[], None] | None = None
     polls: int = 0
     reuploaded: bool = False
 
@@ -612,12 +620,35 @@ class _Watcher:
             # The create response is a snapshot too: nothing is due before the first interval.
             if await self._absorb(item, item.task):
                 return
-            due = time.monotonic() + self.pipeline.poll.interval(1, random.random())
+            due = self._next_due(item)
         else:
             due = time.monotonic()
         self.pending[item.task_id] = item
         self._schedule_at(item, due)
+        receiver = self.pipeline.options.webhooks
+        if receiver is not None:
+            task_id = item.task_id
+            item.unsubscribe = receiver.subscribe(task_id, lambda _: self.hint(task_id))
         self._wake.set()
+
+    def hint(self, task_id: str) -> None:
+        """A delivery says the task changed: confirm it with a GET as soon as possible."""
+        item = self.pending.get(task_id)
+        if item is not None and not item.finished and item.next_due > time.monotonic():
+            self._schedule_at(item, time.monotonic())
+            self._wake.set()
+
+    def _interval(self, item: _Item) -> float:
+        if self.pipeline.options.webhooks is not None:
+            return self.pipeline.options.safety_poll
+        return self.pipeline.poll.interval(item.polls + 1, random.random())
+
+    def _leave(self, item: _Item) -> None:
+        assert item.task_id is not None
+        self.pending.pop(item.task_id, None)
+        if item.unsubscribe is not None:
+            item.unsubscribe()
+            item.unsubscribe = None
 
     def close(self) -> None:
         """No more items will be added."""
@@ -641,6 +672,15 @@ class _Watcher:
 
     async def run(self) -> None:
         """Poll until every item is finished and no more will come."""
+        assert self.downloads is not None
+        try:
+            await self._loop()
+        finally:
+            for item in list(self.pending.values()):
+                if item.unsubscribe is not None:
+                    item.unsubscribe()
+
+    async def _loop(self) -> None:
         assert self.downloads is not None
         async with self.downloads:
             while True:
@@ -713,7 +753,7 @@ class _Watcher:
             else:
                 error = failures.get(item.task_id)
                 if isinstance(error, errors.NotFoundError):
-                    self.pending.pop(item.task_id, None)
+                    self._leave(item)
                     await self.pipeline.fail(item, f"task {item.task_id} no longer exists")
                     continue
                 if error is not None:
@@ -744,15 +784,19 @@ class _Watcher:
             skip += MAX_PAGE_SIZE
         return found
 
-    def _reschedule(self, item: _Item) -> None:
-        assert item.task_id is not None
+    def _next_due(self, item: _Item) -> float:
+        """When to read the task next: its interval, but never past its timeout."""
+        delay = self._interval(item)
         timeout = self.pipeline.options.task_timeout
-        item.polls += 1
-        delay = self.pipeline.poll.interval(item.polls + 1, random.random())
         if timeout is not None:
             remaining = item.watch_started + timeout - time.monotonic()
             delay = max(0.0, min(delay, remaining))
-        self._schedule_at(item, time.monotonic() + delay)
+        return time.monotonic() + delay
+
+    def _reschedule(self, item: _Item) -> None:
+        assert item.task_id is not None
+        item.polls += 1
+        self._schedule_at(item, self._next_due(item))
 
     async def _absorb(self, item: _Item, snapshot: Task) -> bool:
         """Take in a snapshot; dispatch new outputs; True when the item left the watch."""
@@ -765,13 +809,13 @@ class _Watcher:
             assert self.downloads is not None
             await self.downloads.send(job)
         if item.task.is_done:
-            self.pending.pop(item.task_id, None)
+            self._leave(item)
             item.task_done = True
             await self.pipeline.maybe_finish(item)
             return True
         timeout = self.pipeline.options.task_timeout
         if timeout is not None and time.monotonic() - item.watch_started >= timeout:
-            self.pending.pop(item.task_id, None)
+            self._leave(item)
             await self.pipeline.fail(
                 item, errors.TaskTimeoutError(item.task_id, timeout, item.task)
             )
