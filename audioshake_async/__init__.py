@@ -1,10 +1,12 @@
 """asyncio-native client and concurrent batch engine for the AudioShake API.
 
-async with AudioShake() as client:
-    asset = await client.assets.upload("song.wav")
-    task = await client.tasks.create(asset_id=asset.id, targets=[Target("vocals", ["wav"])])
-    task = await client.tasks.wait(task.id)
-    files = await client.download(task, "stems")
+Quick start::
+
+    async with AudioShake() as client:
+        asset = await client.assets.upload("song.wav")
+        task = await client.tasks.create(asset_id=asset.id, targets=[Target("vocals", ["wav"])])
+        task = await client.tasks.wait(task.id)
+        files = await client.download(task, "stems")
 """
 
 from ._download import DownloadedFile
