@@ -4,16 +4,19 @@
 2. ``bench_transfer.py``: 1 GiB upload/download, library vs bare aiohttp vs curl;
 3. ``bench_batch.py``: catalog batch (items/s, requests per item, RSS), the 60 req/s ceiling,
    1000 tasks in flight, the naive ``requests`` peer, scaling 1k/10k/100k (+ ``results.png``);
-4. ``bench_musicai.py`` (the Music.AI engineer's, run when present): vs the official SDK.
+4. ``bench_musicai.py`` (the Music.AI engineer's, run when present): vs the official SDK; its
+   figures go to the summary, its section of RESULTS.md stays its owner's.
 
-Full mode writes ``benchmarks/RESULTS.md`` (each benchmark replaces only its own sections) and
-``benchmarks/results.png``. ``--quick`` (small sizes, one run each, about 2 minutes) writes
+Full mode writes ``benchmarks/RESULTS.md`` (the summary at the top, then each benchmark
+replaces only its own sections; ``bench_transfer.py --write`` refreshes its own) and
+``benchmarks/results.png``. ``--quick`` (small sizes, one run each, under 2 minutes) writes
 ``benchmarks/RESULTS-quick.md`` and ``benchmarks/results-quick.png`` instead, so smoke figures
-never replace measured ones; ``--no-write`` writes nothing.
+never replace measured ones; ``--no-write`` writes nothing; ``--smoke`` (tiny sizes, nothing
+written) is what ``tests/test_benchmarks_smoke.py`` runs.
 
     python benchmarks/run_all.py                      # full: ~1 hour on 2 cores
     python benchmarks/run_all.py --quick              # smoke run
-    python benchmarks/run_all.py --quick --no-write --only overhead,batch
+    python benchmarks/run_all.py --smoke --only overhead,batch
 """
 
 from __future__ import annotations
