@@ -56,8 +56,15 @@ USER_AGENT = (
 
 #: Exceptions meaning the connection was never established: the request was not sent.
 _NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
-#: Exceptions after which the request may or may not have reached the server.
-_TRANSIENT = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError)
+#: Exceptions after which the request may or may not have reached the server. A
+#: ClientResponseError here is a malformed answer (statuses never raise: raise_for_status is off
+#: per request); its repr carries the request headers, the key among them, so it never escapes.
+_TRANSIENT = (
+    aiohttp.ClientConnectionError,
+    aiohttp.ClientPayloadError,
+    aiohttp.ClientResponseError,
+    asyncio.TimeoutError,
+)
 
 
 class Retry(enum.Enum):
@@ -142,7 +149,11 @@ def _connection_error(
 ) -> errors.APIConnectionError:
     # str(exc) of aiohttp's connection errors names host and port, never headers.
     kind = type(exc).__name__
-    detail = str(exc).strip()
+    if isinstance(exc, aiohttp.ClientResponseError):
+        # Its str() names the full URL (a signed link's query included): status and reason only.
+        detail = f"{exc.status} {exc.message}".strip()
+    else:
+        detail = str(exc).strip()
     message = f"{kind}: {detail}" if detail else kind
     cls: type[errors.APIConnectionError]
     if ambiguous:
@@ -325,6 +336,7 @@ class Transport:
                     headers=headers,
                     timeout=client_timeout,
                     allow_redirects=False,
+                    raise_for_status=False,  # a user's session may say otherwise
                 ) as response:
                     raw = await response.read()
                     status = response.status
@@ -407,6 +419,7 @@ class Transport:
                 timeout=self.timeouts.for_transfer(),
                 allow_redirects=False,
                 auto_decompress=False,
+                raise_for_status=False,
             ) as response:
                 if logger.isEnabledFor(logging.DEBUG):
                     logger.debug("GET %s -> %d", redact_url(url), response.status)

@@ -207,7 +207,8 @@ class TasksResource:
             while task is None or not task.is_done:
                 if webhooks is not None:
                     delivered = anyio.Event()  # reset before reading: no delivery is missed
-                task = merge_task_snapshot(task, await self.get(ident))
+                fresh = await self._read_before(ident, deadline, timeout, task)
+                task = merge_task_snapshot(task, fresh)
                 if on_update is not None:
                     on_update(task)
                 if task.is_done:
@@ -230,6 +231,16 @@ class TasksResource:
         if raise_on_error and task.failed_targets:
             raise errors.TaskFailedError(task)
         return task
+
+    async def _read_before(
+        self, task_id: str, deadline: float | None, timeout: float | None, last: Task | None
+    ) -> Task:
+        """One read of the task that gives up at ``deadline`` (its retries included)."""
+        if deadline is None:
+            return await self.get(task_id)
+        with anyio.move_on_after(deadline - time.monotonic()):
+            return await self.get(task_id)
+        raise errors.TaskTimeoutError(task_id, timeout or 0.0, last)
 
     async def statistics(self, name: str = "usage") -> builtins.list[UsageMonth]:
         """Monthly usage (``name="usage"``: month, targets, minutes as Decimal)."""
@@ -399,14 +410,28 @@ class AudioShake:
     ) -> DownloadedFile:
         """Download one output to ``destination`` atomically; an expired link is refreshed."""
         wanted = (output.name, output.format)
+        # Two targets can each have an output of the same name and format (vocals and a
+        # high-quality variant): the fresh link must come from this output's own target.
+        owner = next((t for t in task.targets if any(o is output for o in t.output)), None)
+
+        def fresh_link(fresh: Task) -> str | None:
+            targets = fresh.targets
+            if owner is not None:
+                targets = tuple(t for t in targets if t.id == owner.id) or tuple(
+                    t for t in targets if (t.model, t.variant) == (owner.model, owner.variant)
+                )
+            for target in targets:
+                for candidate in target.output:
+                    if (candidate.name, candidate.format) == wanted:
+                        return candidate.link
+            return None
 
         async def refresh() -> str:
             # A read can return a stale snapshot without the output yet: look a few times.
             for attempt in range(1, STALE_READ_ATTEMPTS + 1):
-                fresh = await self.tasks.get(task.id)
-                for candidate in fresh.outputs:
-                    if (candidate.name, candidate.format) == wanted:
-                        return candidate.link
+                link = fresh_link(await self.tasks.get(task.id))
+                if link is not None:
+                    return link
                 if attempt < STALE_READ_ATTEMPTS:
                     await anyio.sleep(self._transport.retry.delay(attempt, random.random()))
             raise errors.DownloadError(f"task {task.id} no longer lists output {output.filename!r}")
@@ -446,7 +471,8 @@ class AudioShake:
             async with limiter:
                 try:
                     done = await self.fetch_output(task, output, path, checksum=checksum)
-                except errors.AudioShakeError as exc:
+                except (errors.AudioShakeError, OSError) as exc:
+                    # A local disk error fails this file only; the others are still written.
                     failures.append(f"{output.filename}: {exc}")
                 else:
                     results[index] = done.path

@@ -478,11 +478,6 @@ async def test_key_absent_from_errors_401_5xx_connection_timeout() -> None:
         assert re.search(r"(GET|http)", str(info.value))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="client.py: download() catches only AudioShakeError in its task group, so a local "
-    "OSError escapes wrapped in an ExceptionGroup; reported to the client.py owner",
-)
 async def test_download_into_an_unwritable_destination(tmp_path: pathlib.Path) -> None:
     """A local error (the destination is a file) surfaces as an error of this package."""
     api, cdn = FakeAPI(), FakeCDN()
@@ -496,12 +491,6 @@ async def test_download_into_an_unwritable_destination(tmp_path: pathlib.Path) -
             await client.download("t1", blocker / "stems")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="client.py: fetch_output's refresh matches (name, format) only, so two outputs "
-    "with the same name and format (e.g. vocals and its high_quality variant) get the "
-    "first one's link after a refresh; reported to the client.py owner",
-)
 async def test_refresh_keeps_each_output_its_own_link(tmp_path: pathlib.Path) -> None:
     api, cdn = FakeAPI(), FakeCDN()
     async with serve(cdn.app) as cdn_server, api_client(api) as client:

@@ -381,3 +381,51 @@ async def test_drop_helper_really_drops() -> None:
         with pytest.raises(aiohttp.ServerDisconnectedError):
             async with session.get(server.make_url("/")) as response:
                 await response.read()
+
+
+async def malformed_http_server(reply: bytes) -> tuple[asyncio.Server, str]:
+    """A loopback server that answers every request with ``reply`` verbatim (bad HTTP)."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(reply)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"http://127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize("retry", [Retry.ALWAYS, Retry.BEFORE_SEND])
+async def test_malformed_response_never_leaks_the_key(sleeps: list[float], retry: Retry) -> None:
+    """aiohttp's ClientResponseError repr holds the request headers: it must not escape."""
+    server, url = await malformed_http_server(
+        b"HTTP/1.1 200 OK\r\nContent-Length: abc\r\nContent-Type: application/json\r\n\r\n{}"
+    )
+    transport = make_transport(url)
+    try:
+        with pytest.raises(errors.APIConnectionError) as info:
+            await transport.request("POST", "/tasks", json_body={}, retry=retry)
+    finally:
+        await transport.aclose()
+        server.close()
+        await server.wait_closed()
+    assert not isinstance(info.value, aiohttp.ClientError)
+    if retry is Retry.BEFORE_SEND:  # the request reached the server: outcome unknown
+        assert isinstance(info.value, errors.AmbiguousRequestError)
+    for text in (str(info.value), repr(info.value), repr(info.value.__cause__)):
+        assert API_KEY not in text
+
+
+async def test_a_users_raise_for_status_session_still_gets_typed_errors(
+    sleeps: list[float],
+) -> None:
+    api = FakeAPI()
+    api.faults["GET /models"] = [500, 500, 500, 500]
+    async with serve(api.app) as server, aiohttp.ClientSession(raise_for_status=True) as session:
+        transport = make_transport(base_url(server), session=session)
+        with pytest.raises(errors.ServerError) as info:
+            await transport.request("GET", "/models", route="GET /models")
+    assert info.value.status == 500
+    assert API_KEY not in repr(info.value) and API_KEY not in str(info.value)
