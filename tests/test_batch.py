@@ -473,3 +473,131 @@ async def test_sigkill_mid_batch_then_rerun_completes_without_duplicates(
         stem = pathlib.Path(json.loads(emulator.task(task_id)["metadata"])["input"]).stem
         for name, digest in emulator.output_digests(task_id).items():
             assert sha256(out / stem / name) == digest
+
+
+# --- inputs listed twice, tasks gone, tasks unreadable, deep token searches --------------------
+
+
+async def test_the_same_input_twice_is_processed_once(
+    client: AudioShake, emulator: Emulator, make_wavs: MakeWavs, tmp_path: pathlib.Path
+) -> None:
+    (source,) = make_wavs(1)
+    results = await collect(client, [source, str(source)], tmp_path / "out")
+    assert sorted(r.status for r in results) == ["done", "skipped"]
+    skipped = next(r for r in results if r.status == "skipped")
+    assert "already in this batch" in (skipped.error or "")
+    assert emulator.stats()["tasks_created"] == 1
+    assert [p for p in (tmp_path / "out").rglob("*") if p.name.endswith(".part")] == []
+
+
+async def test_a_task_gone_from_the_service_is_created_again_on_resume(
+    make_wavs: MakeWavs, tmp_path: pathlib.Path
+) -> None:
+    """A rerun whose journal names tasks (and assets) the service no longer has recreates them."""
+    inputs = make_wavs(2)
+    out, journal = tmp_path / "out", tmp_path / "j.sqlite"
+    async with (
+        Emulator(delay=0.0, rate_limit=None, seed=1) as first,
+        fast_client(first) as client,
+    ):
+        assert all(r.ok for r in await collect(client, inputs, out, journal=journal))
+    (out / inputs[0].stem / "vocals.wav").unlink()  # the rerun has work left for item 0
+    async with Emulator(delay=0.0, rate_limit=None, seed=2) as second:
+        async with fast_client(second) as client:
+            results = await collect(client, inputs, out, journal=journal)
+        stats = second.stats()
+    assert {pathlib.Path(r.input).name: r.status for r in results} == {
+        inputs[0].name: "done",
+        inputs[1].name: "skipped",
+    }
+    assert stats["tasks_created"] == 1 and stats["requests"]["POST /assets"] == 1
+    assert (out / inputs[0].stem / "vocals.wav").stat().st_size > 44
+
+
+async def test_a_task_that_cannot_be_read_fails_its_item_instead_of_waiting_forever(
+    client: AudioShake, emulator: Emulator, make_wavs: MakeWavs, tmp_path: pathlib.Path
+) -> None:
+    emulator.configure(delay=60.0, fail_rate=1.0, fault_routes=["GET /tasks/{id}", "GET /tasks"])
+    with anyio.fail_after(60):
+        results = await collect(
+            client, make_wavs(1), tmp_path / "out", unreachable_timeout=0.5, list_refresh=False
+        )
+    assert results[0].status == "failed"
+    assert "could not be read" in (results[0].error or "")
+
+
+async def test_a_token_search_reaches_back_to_the_intent_time(
+    client: AudioShake, emulator: Emulator, make_wavs: MakeWavs, tmp_path: pathlib.Path
+) -> None:
+    """The crashed run's task sits below many newer tasks: found by age, not a page count."""
+    (source,) = make_wavs(1)
+    journal_path = tmp_path / "j.sqlite"
+    asset = await client.assets.upload(source)
+    token = "fedcba9876543210fedcba9876543210"
+    journal = SqliteJournal(journal_path)
+    stat = source.stat()
+    signature = targets_signature(TARGETS)
+    journal.reset(str(source), signature, stat.st_size, stat.st_mtime_ns, sha256(source))
+    journal.record_asset(str(source), signature, asset.id, time.time(), None)
+    journal.record_intent(str(source), signature, token)
+    journal.close()
+    await client.tasks.create(
+        asset_id=asset.id, targets=TARGETS, metadata=json.dumps({"client_token": token})
+    )
+    for _ in range(150):  # another user of the account, after the crash
+        await client.tasks.create(asset_id=asset.id, targets=TARGETS[:1])
+    results = await collect(
+        client, [source], tmp_path / "out", journal=journal_path, reconcile_pages=1
+    )
+    assert results[0].status == "done"
+    assert emulator.stats()["tasks_created"] == 151  # adopted, not created again
+
+
+def test_journal_keys_keep_providers_apart() -> None:
+    from types import SimpleNamespace
+
+    from audioshake_async.batch.engine import journal_key
+
+    tasks_api, legacy = SimpleNamespace(name="audioshake"), SimpleNamespace(name="legacy")
+    assert journal_key(tasks_api, TARGETS) == targets_signature(TARGETS)  # type: ignore[arg-type]
+    assert journal_key(legacy, TARGETS) != journal_key(tasks_api, TARGETS)  # type: ignore[arg-type]
+
+
+def test_a_completed_target_missing_a_format_is_a_problem() -> None:
+    from audioshake_async import Output, TargetResult, Task
+    from audioshake_async.batch.engine import _missing_formats
+
+    task = Task(
+        "t",
+        (
+            TargetResult(
+                "a", "vocals", "completed", ("wav", "mp3"), (Output("vocals", "wav", "x"),)
+            ),
+            TargetResult("b", "drums", "completed", ("wav",), ()),
+            TargetResult("c", "bass", "error", ("wav",), ()),
+            TargetResult("d", "stems", "completed", ("auto",), ()),
+        ),
+    )
+    assert _missing_formats(task) == [
+        "target vocals completed without its mp3 output",
+        "target drums completed without its wav output",
+    ]
+
+
+def test_directory_names_for_many_inputs_with_one_stem(tmp_path: pathlib.Path) -> None:
+    journal = SqliteJournal(tmp_path / "j.sqlite")
+    names = [journal.claim_dir(f"/catalog/{i}/audio.wav", "audio") for i in range(3000)]
+    assert len(set(names)) == 3000 and names[:3] == ["audio", "audio-2", "audio-3"]
+    assert journal.claim_dir("/catalog/7/audio.wav", "audio") == names[7]  # stable
+    assert journal.claim_dir("/other/audio-3.wav", "audio-3") == "audio-3-2"
+    journal.close()
+
+
+def fast_client(emulator: Emulator) -> AudioShake:
+    return AudioShake(
+        emulator.api_key,
+        emulator.base_url,
+        retry=FAST_RETRY,
+        rate_limit=2000.0,
+        poll=PollPolicy(initial_interval=0.02, max_interval=0.1),
+    )

@@ -87,6 +87,12 @@ logger = logging.getLogger("audioshake_async.batch")
 
 ASSET_LIFETIME = 72 * 3600.0
 HASH_CHUNK = 1 << 20
+#: Task creation times may be skewed from this machine's clock by up to this much.
+CLOCK_SKEW = 3600.0
+#: The most ``GET /tasks`` pages a token search reads (100 000 tasks).
+MAX_RECONCILE_PAGES = 1000
+#: Errors after which reading a task again cannot help.
+_REFUSED = (errors.AuthenticationError, errors.PermissionDeniedError, errors.BadRequestError)
 
 
 @attrs.frozen
@@ -105,7 +111,8 @@ class BatchOptions:
     metadata: Mapping[str, Any] | None = None
     #: An asset older than this is uploaded again (assets expire after 72 h).
     asset_max_age: float = ASSET_LIFETIME - 2 * 3600.0
-    #: Pages of ``GET /tasks`` searched for a token after an ambiguous create.
+    #: Pages of ``GET /tasks`` searched for a token after an ambiguous create when the intent
+    #: time is unknown; with it, the search goes back to an hour before the intent.
     reconcile_pages: int = 10
     #: ``POST /tasks`` attempts per item when each ends ambiguously and the token is not found.
     create_attempts: int = 4
@@ -120,6 +127,9 @@ class BatchOptions:
     webhooks: WebhookReceiver | None = None
     #: Seconds between safety polls of a task while ``webhooks`` drive the waiting.
     safety_poll: float = 180.0
+    #: Seconds a task may go without one successful read (outage, wrong provider) before its
+    #: item fails; a refusal (401, 403, 400) fails it at once. A rerun resumes it.
+    unreachable_timeout: float = 3600.0
 
     def __attrs_post_init__(self) -> None:
         for name in (
@@ -141,6 +151,17 @@ def targets_signature(targets: Sequence[Target]) -> str:
     from .._convert import unstructure
 
     return json.dumps([unstructure(t) for t in targets], sort_keys=True, separators=(",", ":"))
+
+
+def journal_key(provider: BatchProvider, targets: Sequence[Target]) -> str:
+    """The journal's key for a target list on one provider.
+
+    Task ids of one provider mean nothing to another: a journal shared by a Tasks API run and a
+    legacy run must not resume one's tasks through the other. AudioShake Tasks keeps the bare
+    signature (journals written before providers existed stay valid).
+    """
+    signature = targets_signature(targets)
+    return signature if provider.name == "audioshake" else f"{provider.name}:{signature}"
 
 
 def _is_url(value: str) -> bool:
@@ -202,6 +223,12 @@ class _Item:
     unsubscribe: Callable[[], None] | None = None
     polls: int = 0
     reuploaded: bool = False
+    #: The task came from the journal (an earlier run), not from this run's create.
+    resumed: bool = False
+    recreated: bool = False
+    #: Epoch seconds of the create intent: how far back a token search must look.
+    intent_at: float | None = None
+    last_read_ok: float = 0.0
 
 
 @attrs.define(eq=False)
@@ -226,7 +253,7 @@ class _Pipeline:
     ) -> None:
         self.provider = provider
         self.targets = targets
-        self.signature = targets_signature(targets)
+        self.signature = journal_key(provider, targets)
         self.out_dir = out_dir
         self.journal = journal
         self.progress = progress
@@ -236,6 +263,11 @@ class _Pipeline:
         self.in_flight = anyio.Semaphore(options.max_in_flight)
         self.watcher = _Watcher(self)
         self.cwd = os.getcwd()
+        # Sources between admission and their result (at most max_in_flight of them): the same
+        # file listed twice must not be uploaded, billed and written twice at once.
+        self.active: set[str] = set()
+        lifetime = provider.source_lifetime
+        self.asset_max_age = min(options.asset_max_age, lifetime - min(7200.0, lifetime / 10))
 
     # ------------------------------------------------------------------ plumbing
 
@@ -260,6 +292,7 @@ class _Pipeline:
         if item.finished or not item.task_done or item.pending_downloads:
             return
         item.finished = True
+        self.active.discard(item.source)
         task = item.task
         if task is not None:
             for target in task.failed_targets:
@@ -267,6 +300,7 @@ class _Pipeline:
                 item.problems.append(
                     f"target {target.model} failed" + (f": {detail}" if detail else "")
                 )
+            item.problems.extend(_missing_formats(task))
         status = "failed" if item.problems else "done"
         error = "; ".join(item.problems) or None
         with anyio.CancelScope(shield=True):
@@ -307,6 +341,14 @@ class _Pipeline:
         is_url = isinstance(raw, str) and _is_url(raw)
         # Pure string work (the working directory was read once): no blocking call here.
         source = display if is_url else os.path.normpath(os.path.join(self.cwd, display))  # noqa: ASYNC240
+        if source in self.active:
+            self.emit(ItemSkipped(display))
+            await self.results.send(
+                BatchResult(display, "skipped", error="the same input is already in this batch")
+            )
+            self.in_flight.release()
+            return
+        self.active.add(source)
         stem = _stem_of(source, is_url)
         journal = self.journal.journal
         dirname = await self.journal.call(journal.claim_dir, source, stem)
@@ -332,6 +374,7 @@ class _Pipeline:
             item.upload_name = record.upload_name
             if record.status == "done" and await self._outputs_present(item):
                 item.finished = True
+                self.active.discard(source)
                 item.files = [item.directory / name for name in sorted(item.known_outputs)]
                 self.emit(ItemSkipped(display))
                 await self.results.send(
@@ -339,13 +382,17 @@ class _Pipeline:
                 )
                 self.in_flight.release()
                 return
-            if record.task_id:
-                await self.watcher.add(item)
-                return
             fresh = (
                 record.asset_uploaded_at is not None
-                and time.time() - record.asset_uploaded_at < self.options.asset_max_age
+                and time.time() - record.asset_uploaded_at < self.asset_max_age
             )
+            if record.task_id:
+                item.resumed = True
+                item.asset_id = record.asset_id if fresh else None
+                await self.watcher.add(item)
+                return
+            if record.token:
+                item.intent_at = record.updated_at
             if record.asset_id and fresh:
                 item.asset_id = record.asset_id
                 self.emit(Uploaded(display, record.asset_id, item.size or 0, reused=True))
@@ -458,12 +505,14 @@ class _Pipeline:
         journal = self.journal.journal
         if item.token:
             # An intent from an earlier run: the task may exist though its id was never saved.
-            found = await self.find_by_token(item.token)
+            found = await self.find_by_token(item.token, since=item.intent_at)
             if found is not None:
                 await self._adopt(item, found, recovered=True)
                 return
         token = item.token or uuid.uuid4().hex
         item.token = token
+        if item.intent_at is None:
+            item.intent_at = time.time()
         await self.journal.call(journal.record_intent, item.source, self.signature, token)
         metadata = self.metadata_for(item, token)
         last_error: BaseException | None = None
@@ -482,7 +531,7 @@ class _Pipeline:
                     item.display,
                     type(exc).__name__,
                 )
-                found = await self.find_by_token(token)
+                found = await self.find_by_token(token, since=item.intent_at)
                 if found is not None:
                     await self._adopt(item, found, recovered=True)
                     return
@@ -514,20 +563,48 @@ class _Pipeline:
         )
         self.emit(TaskCreated(item.display, task.id, recovered=recovered))
 
-    async def find_by_token(self, token: str) -> Task | None:
-        """Search recent tasks for one whose metadata carries ``token``."""
+    async def find_by_token(self, token: str, *, since: float | None = None) -> Task | None:
+        """Search recent tasks for one whose metadata carries ``token``.
+
+        With ``since`` (when the create was first attempted), pages are read until they reach
+        tasks created well before it; the order of ``GET /tasks`` is not documented, so an
+        oldest-first listing is read to its end (both within MAX_RECONCILE_PAGES).
+        """
         if not self.provider.supports_listing:
             return None
+        cutoff = None if since is None else since - CLOCK_SKEW
+        limit = self.options.reconcile_pages if cutoff is None else MAX_RECONCILE_PAGES
         skip = 0
-        for _ in range(self.options.reconcile_pages):
+        for _ in range(limit):
             page = await self.provider.page(skip=skip, take=MAX_PAGE_SIZE)
             for task in page:
                 if task.metadata and token in task.metadata and _token_of(task) == token:
                     return task
             if len(page) < MAX_PAGE_SIZE:
                 return None
+            if cutoff is not None and _newest_first_and_older_than(page, cutoff):
+                return None
+            if cutoff is not None and not any(t.created_at for t in page):
+                # No creation times to judge by: only the fixed number of pages.
+                cutoff, limit = None, self.options.reconcile_pages
             skip += MAX_PAGE_SIZE
         return None
+
+    async def recreate(self, item: _Item) -> None:
+        """The journal's task is gone (404): create it again (uploading again if needed)."""
+        try:
+            item.recreated = True
+            item.task_id, item.task, item.token, item.intent_at = None, None, None, None
+            await self.journal.call(
+                self.journal.journal.record_task, item.source, self.signature, None
+            )
+            if not item.is_url and item.asset_id is None:
+                await self.upload(item)
+            await self.create(item)
+        except (errors.AudioShakeError, OSError) as exc:
+            await self.fail(item, exc)
+            return
+        await self.watcher.add(item)
 
     # ------------------------------------------------------------------ download
 
@@ -591,6 +668,30 @@ class _Pipeline:
         self.emit(FileWritten(item.display, job.path, done.size))
 
 
+def _newest_first_and_older_than(page: Sequence[Task], cutoff: float) -> bool:
+    """True when the page is in newest-first order and its last task predates ``cutoff``."""
+    first, last = page[0].created_at, page[-1].created_at
+    if first is None or last is None or first < last:
+        return False
+    return last.timestamp() < cutoff
+
+
+def _missing_formats(task: Task) -> list[str]:
+    """Completed targets that lack an output in a format they list: work not delivered."""
+    problems = []
+    for target in task.targets:
+        if not target.is_completed:
+            continue
+        delivered = {output.format.lower() for output in target.output}
+        # "auto" (a provider's own choice of format) promises no particular one.
+        missing = [f for f in target.formats if f.lower() not in delivered and f != "auto"]
+        if missing:
+            problems.append(
+                f"target {target.model} completed without its {', '.join(missing)} output"
+            )
+    return problems
+
+
 def _token_of(task: Task) -> str | None:
     try:
         data = json.loads(task.metadata or "")
@@ -611,11 +712,13 @@ class _Watcher:
         self._wake = anyio.Event()
         self._producers_done = False
         self.downloads: MemoryObjectSendStream[_DownloadJob] | None = None
+        self._recreating = 0
+        self._group: anyio.abc.TaskGroup | None = None
 
     async def add(self, item: _Item) -> None:
         """Start watching an item whose task exists."""
         assert item.task_id is not None
-        item.watch_started = time.monotonic()
+        item.watch_started = item.last_read_ok = time.monotonic()
         if item.task is not None:
             # The create response is a snapshot too: nothing is due before the first interval.
             if await self._absorb(item, item.task):
@@ -674,7 +777,9 @@ class _Watcher:
         """Poll until every item is finished and no more will come."""
         assert self.downloads is not None
         try:
-            await self._loop()
+            async with anyio.create_task_group() as group:
+                self._group = group
+                await self._loop()
         finally:
             for item in list(self.pending.values()):
                 if item.unsubscribe is not None:
@@ -684,7 +789,7 @@ class _Watcher:
         assert self.downloads is not None
         async with self.downloads:
             while True:
-                if self._producers_done and not self.pending:
+                if self._producers_done and not self.pending and not self._recreating:
                     return
                 now = time.monotonic()
                 if not self._schedule or self._schedule[0][0] > now:
@@ -704,6 +809,19 @@ class _Watcher:
                         if item.next_due > now:
                             self._schedule_at(item, item.next_due)
                     await self._refresh(due, by_list=False)
+
+    def _start_recreate(self, item: _Item) -> None:
+        assert self._group is not None
+        self._recreating += 1
+
+        async def run() -> None:
+            try:
+                await self.pipeline.recreate(item)
+            finally:
+                self._recreating -= 1
+                self._wake.set()
+
+        self._group.start_soon(run)
 
     def _pages_estimate(self) -> int:
         return math.ceil(len(self.pending) / MAX_PAGE_SIZE) + 1
@@ -754,10 +872,27 @@ class _Watcher:
                 error = failures.get(item.task_id)
                 if isinstance(error, errors.NotFoundError):
                     self._leave(item)
-                    await self.pipeline.fail(item, f"task {item.task_id} no longer exists")
+                    if item.resumed and not item.recreated:
+                        # An earlier run's task is gone and its outputs are missing: the work
+                        # was never delivered, so it is created again (once).
+                        logger.info(
+                            "task %s of %s is gone; creating it again", item.task_id, item.display
+                        )
+                        self._start_recreate(item)
+                    else:
+                        await self.pipeline.fail(item, f"task {item.task_id} no longer exists")
                     continue
                 if error is not None:
                     logger.info("refresh of task %s failed: %s", item.task_id, error)
+                    unreachable = time.monotonic() - item.last_read_ok
+                    if isinstance(error, _REFUSED) or (
+                        unreachable >= self.pipeline.options.unreachable_timeout
+                    ):
+                        self._leave(item)
+                        await self.pipeline.fail(
+                            item, f"task {item.task_id} could not be read: {error}"
+                        )
+                        continue
             self._reschedule(item)
         # Tasks seen on a page although not due yet count as refreshed too.
         for task_id, snapshot in snapshots.items():
@@ -801,6 +936,7 @@ class _Watcher:
     async def _absorb(self, item: _Item, snapshot: Task) -> bool:
         """Take in a snapshot; dispatch new outputs; True when the item left the watch."""
         assert item.task_id is not None
+        item.last_read_ok = time.monotonic()
         item.task = merge_task_snapshot(
             item.task if item.task is not None and item.task.id == snapshot.id else None, snapshot
         )

@@ -61,6 +61,10 @@ CREATE TABLE IF NOT EXISTS dirs (
     name TEXT PRIMARY KEY,
     source TEXT NOT NULL UNIQUE
 );
+CREATE TABLE IF NOT EXISTS stems (
+    stem TEXT PRIMARY KEY,
+    next INTEGER NOT NULL
+);
 CREATE INDEX IF NOT EXISTS items_token ON items(token);
 """
 
@@ -91,6 +95,8 @@ class ItemRecord:
     status: str = "pending"
     error: str | None = None
     outputs: tuple[OutputRecord, ...] = ()
+    #: When the record last changed (epoch seconds): for a ``creating`` item, the intent time.
+    updated_at: float | None = None
 
 
 class Journal(Protocol):
@@ -178,7 +184,7 @@ class SqliteJournal:
             row = self._db.execute(
                 "SELECT size, mtime_ns, sha256, asset_id, asset_uploaded_at, upload_name, token,"
                 " task_id,"
-                " status, error FROM items WHERE source=? AND targets=?",
+                " status, error, updated_at FROM items WHERE source=? AND targets=?",
                 (source, targets),
             ).fetchone()
             if row is None:
@@ -199,6 +205,7 @@ class SqliteJournal:
             task_id,
             status,
             error,
+            updated_at,
         ) = row
         return ItemRecord(
             source,
@@ -214,6 +221,7 @@ class SqliteJournal:
             status,
             error,
             outputs=tuple(OutputRecord(*o) for o in outputs),
+            updated_at=updated_at,
         )
 
     def claim_dir(self, source: str, stem: str) -> str:
@@ -222,7 +230,12 @@ class SqliteJournal:
             row = self._db.execute("SELECT name FROM dirs WHERE source=?", (source,)).fetchone()
             if row is not None:
                 return str(row[0])
-            candidate, counter = stem, 2
+            # A counter per stem: a catalog of 100k "audio.wav" files must not try 1, 2, ...
+            # k suffixes for its k-th file (quadratic). Older journals have no counter yet: the
+            # insert loop below still finds the first free name.
+            counted = self._db.execute("SELECT next FROM stems WHERE stem=?", (stem,)).fetchone()
+            counter = int(counted[0]) if counted is not None else 2
+            candidate = stem if counted is None else f"{stem}-{counter}"
             while True:
                 try:
                     self._db.execute(
@@ -231,8 +244,15 @@ class SqliteJournal:
                 except sqlite3.IntegrityError:
                     candidate = f"{stem}-{counter}"
                     counter += 1
-                else:
-                    return candidate
+                    continue
+                if candidate != stem:
+                    counter = max(counter, int(candidate.rsplit("-", 1)[1]) + 1)
+                self._db.execute(
+                    "INSERT INTO stems(stem, next) VALUES (?, ?)"
+                    " ON CONFLICT(stem) DO UPDATE SET next=excluded.next",
+                    (stem, counter),
+                )
+                return candidate
 
     def reset(
         self, source: str, targets: str, size: int | None, mtime_ns: int | None, sha256: str | None
