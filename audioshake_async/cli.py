@@ -16,7 +16,7 @@ import pathlib
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import TextIO
+from typing import Any, NoReturn, TextIO
 
 import anyio
 import attrs
@@ -56,9 +56,24 @@ class UsageError(Exception):
     """A problem with the command line or configuration (exit status 2)."""
 
 
+class ArgumentsError(UsageError):
+    """A command line argparse refused; ``prog`` is the (sub)command whose ``--help`` helps."""
+
+    def __init__(self, message: str, prog: str) -> None:
+        super().__init__(message)
+        self.prog = prog
+
+
+class _Parser(argparse.ArgumentParser):
+    # argparse's own error() prints the whole usage block to sys.stderr and exits; the CLI
+    # wants one line on its own stream (and subparsers inherit this class from the parent).
+    def error(self, message: str) -> NoReturn:
+        raise ArgumentsError(message, self.prog)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``audioshake-async``."""
-    parser = argparse.ArgumentParser(
+    """The argument parser of ``audioshake-async``; its errors raise :class:`ArgumentsError`."""
+    parser = _Parser(
         prog="audioshake-async",
         description="Drive the AudioShake API from the command line: bulk stem separation.",
     )
@@ -464,6 +479,68 @@ async def _webhooks(
                     print(f"audioshake-async: could not remove webhook {hook.id}: {exc}", file=err)
 
 
+@attrs.define
+class RunSummary:
+    """What the end of ``run`` prints, kept without holding every :class:`BatchResult`.
+
+    Counters always; the failed inputs (for the FAILED listing) unless ``keep_records``;
+    with ``keep_records`` (``--json``) one compact tuple per item instead, for ``results``.
+    """
+
+    keep_records: bool
+    items: int = 0
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    failures: list[tuple[str, str | None]] = attrs.Factory(list)
+    records: list[tuple[str, str, str | None, tuple[str, ...], str | None]] = attrs.Factory(list)
+
+    def add(self, result: BatchResult, *, error: str | None = None) -> None:
+        """Count one finished item; ``error`` overrides the result's own."""
+        error = error or result.error
+        self.items += 1
+        if result.status == "done":
+            self.done += 1
+        elif result.status == "skipped":
+            self.skipped += 1
+        if not result.ok:
+            self.failed += 1
+        if self.keep_records:
+            task_id = result.task.id if result.task else None
+            files = tuple(str(p) for p in result.files)
+            self.records.append((result.input, result.status, task_id, files, error))
+        elif not result.ok:
+            self.failures.append((result.input, error))
+
+    def write_json(self, out: TextIO, requests: dict[str, int]) -> None:
+        """The ``--json`` summary, byte for byte ``json.dumps(summary, indent=2)``."""
+        head: dict[str, Any] = {
+            "items": self.items,
+            "done": self.done,
+            "skipped": self.skipped,
+            "failed": self.failed,
+            "api_requests": dict(sorted(requests.items())),
+            "results": [],
+        }
+        text = json.dumps(head, indent=2)
+        if not self.records:
+            print(text, file=out)
+            return
+        # Each record is encoded on its own as it is written: no second copy of them all.
+        out.write(text[: -len("[]\n}")] + "[\n")
+        for index, (item, status, task_id, files, error) in enumerate(self.records):
+            record = {
+                "input": item,
+                "status": status,
+                "task_id": task_id,
+                "files": list(files),
+                "error": error,
+            }
+            encoded = json.dumps(record, indent=2).replace("\n", "\n    ")
+            out.write(("    " if index == 0 else ",\n    ") + encoded)
+        out.write("\n  ]\n}\n")
+
+
 async def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.api == "legacy":
         args.provider = "legacy"
@@ -492,14 +569,20 @@ async def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         task_timeout=args.timeout,
     )
     tracker = ProgressTracker()
-    results: list[BatchResult] = []
+    summary = RunSummary(keep_records=args.json)
+    unreadable: dict[str, str] = {}
+
+    def on_unreadable(path: str, exc: OSError) -> None:
+        # Called from a worker thread; a plain dict store is atomic under the GIL.
+        unreadable[path] = f"cannot read directory: {exc.strerror or exc}"
+
     async with (
         _open_provider(args, targets) as provider,
         _webhooks(args, provider, err) as receiver,
     ):
         if receiver is not None:
             options = attrs.evolve(options, webhooks=receiver)
-        inputs = expand_inputs(args.inputs, exclude=[out_dir])
+        inputs = expand_inputs(args.inputs, exclude=[out_dir], on_unreadable=on_unreadable)
         async with _display(tracker, quiet=args.quiet or args.json, stream=err):
             batch = run_batch(
                 provider,
@@ -513,37 +596,21 @@ async def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             async with contextlib.aclosing(batch):
                 async for result in batch:
                     tracker.record(result)
-                    results.append(result)
+                    # The engine only sees "not a regular file"; the walk knows why.
+                    reason = unreadable.pop(result.input, None) if not result.ok else None
+                    summary.add(result, error=reason)
         requests = provider.request_counts()
-    failed = [r for r in results if not r.ok]
     if args.json:
-        summary = {
-            "items": len(results),
-            "done": sum(r.status == "done" for r in results),
-            "skipped": sum(r.status == "skipped" for r in results),
-            "failed": len(failed),
-            "api_requests": dict(sorted(requests.items())),
-            "results": [
-                {
-                    "input": r.input,
-                    "status": r.status,
-                    "task_id": r.task.id if r.task else None,
-                    "files": [str(p) for p in r.files],
-                    "error": r.error,
-                }
-                for r in results
-            ],
-        }
-        print(json.dumps(summary, indent=2), file=out)
+        summary.write_json(out, requests)
     else:
-        for result in failed:
-            print(f"FAILED {result.input}: {result.error}", file=err)
-        done = sum(r.ok for r in results)
+        for item, error in summary.failures:
+            print(f"FAILED {item}: {error}", file=err)
         print(
-            f"{done} of {len(results)} items done, {len(failed)} failed; outputs in {out_dir}",
+            f"{summary.done + summary.skipped} of {summary.items} items done, "
+            f"{summary.failed} failed; outputs in {out_dir}",
             file=out,
         )
-    return EXIT_ITEMS_FAILED if failed else EXIT_OK
+    return EXIT_ITEMS_FAILED if summary.failed else EXIT_OK
 
 
 def _migrate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -589,9 +656,15 @@ def main(
         status: int = emulator_main(arguments[1:])
         return status
     parser = build_parser()
-    args = parser.parse_args(arguments)
+    try:
+        args = parser.parse_args(arguments)
+    except ArgumentsError as exc:
+        print(f"audioshake-async: error: {exc}", file=err)
+        print(f"try '{exc.prog} --help'", file=err)
+        return EXIT_USAGE
     if args.command is None:
-        parser.print_help(err)
+        print("audioshake-async: error: give a command: run, models, emulator or migrate", file=err)
+        print("try 'audioshake-async --help'", file=err)
         return EXIT_USAGE
     try:
         if args.command == "migrate":

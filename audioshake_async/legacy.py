@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import contextvars
 import datetime as dt
 import hashlib
 import json
@@ -67,6 +68,7 @@ __all__ = [
     "DEFAULT_LEGACY_BASE_URL",
     "ENV_LEGACY_BASE_URL",
     "ENV_LEGACY_TOKEN",
+    "LEGACY_MODELS",
     "MIGRATION_GUIDE_URL",
     "Job",
     "LegacyAsset",
@@ -76,6 +78,7 @@ __all__ = [
     "LegacyUsageMonth",
     "OutputAsset",
     "StatusInfo",
+    "check_legacy_targets",
     "composite_task",
     "open_cli_provider",
     "parse_job",
@@ -103,13 +106,51 @@ COMPOSITE_PREFIX = "legacy:"
 #: Key of the batch engine's client token inside a job's ``metadata`` object.
 TOKEN_KEY = "clientToken"
 
+_AUDIO_FORMATS = ("wav", "mp3", "flac", "aiff", "mp4")
+_TEXT_FORMATS = ("json", "srt", "txt")
+#: The models the Jobs API takes as ``metadata.name``, with their output formats. The API has
+#: no catalog endpoint: this is the legacy docs' list (stems, DME, transcription/alignment,
+#: music_detection), the Tasks catalog's names (the same service behind both) and the legacy
+#: names seen in real clients (``other-x-guitar``, ``music``, ``music_removal``).
+LEGACY_MODELS: Mapping[str, tuple[str, ...]] = {
+    **{
+        name: _AUDIO_FORMATS
+        for name in (
+            "vocals",
+            "instrumental",
+            "drums",
+            "bass",
+            "guitar",
+            "other-x-guitar",
+            "piano",
+            "strings",
+            "wind",
+            "other",
+            "dialogue",
+            "effects",
+            "music",
+            "music_fx",
+            "music_removal",
+            "multi_voice",
+        )
+    },
+    "transcription": _TEXT_FORMATS,
+    "alignment": _TEXT_FORMATS,
+    "music_detection": ("json", "txt"),
+}
+
 _DEPRECATION_WARNED = False
+# Set while the CLI builds its client: `--api legacy` is a deliberate choice, so no warning,
+# and the once-per-process warning is still owed to library code in the same process.
+_DEPRECATION_SUPPRESSED: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "audioshake_legacy_deprecation_suppressed", default=False
+)
 
 
 def _warn_deprecated() -> None:
     # Once per process: a batch that builds clients in a loop must not flood the logs.
     global _DEPRECATION_WARNED
-    if _DEPRECATION_WARNED:
+    if _DEPRECATION_WARNED or _DEPRECATION_SUPPRESSED.get():
         return
     _DEPRECATION_WARNED = True
     warnings.warn(
@@ -1069,6 +1110,23 @@ def _placeholder(job_id: str, key: JobKey, token: str) -> Job:
 # --------------------------------------------------------------------------- CLI
 
 
+def check_legacy_targets(targets: Sequence[Target]) -> None:
+    """Raise ValidationError for a model or format the Jobs API does not offer (no request)."""
+    for target in targets:
+        formats = LEGACY_MODELS.get(target.model)
+        if formats is None:
+            known = ", ".join(sorted(LEGACY_MODELS))
+            raise errors.ValidationError(
+                f"unknown model {target.model!r} for the legacy Jobs API (available: {known})"
+            )
+        bad = [f for f in target.formats if f not in formats]
+        if bad:
+            raise errors.ValidationError(
+                f"model {target.model!r} cannot output {', '.join(bad)} on the legacy Jobs API "
+                f"(it offers: {', '.join(formats)})"
+            )
+
+
 def _ledger_path(args: argparse.Namespace) -> pathlib.Path | None:
     # Next to the engine's journal, so both resume together; none without a journal.
     if getattr(args, "no_journal", False):
@@ -1108,6 +1166,11 @@ async def open_cli_provider(
 
     if not targets:
         raise UsageError("give at least one model with -m/--model")
+    try:
+        # Before the token check and any upload: a typo must not cost a run.
+        check_legacy_targets(targets)
+    except errors.ValidationError as exc:
+        raise UsageError(str(exc)) from None
     if getattr(args, "emulator", False):
         try:
             from .emulator.legacy import LegacyEmulator
@@ -1138,10 +1201,11 @@ async def open_cli_provider(
 def _cli_client(
     token: str, base_url: str, args: argparse.Namespace, usage_error: type[Exception]
 ) -> LegacyClient:
-    with warnings.catch_warnings():
-        # The CLI user chose --api legacy on purpose; the warning is for library callers.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        try:
-            return LegacyClient(token, base_url, rate_limit=args.rate_limit)
-        except errors.ConfigurationError as exc:
-            raise usage_error(str(exc)) from None
+    # Not a warnings filter: an ignored warning would still count as the one per process.
+    reset = _DEPRECATION_SUPPRESSED.set(True)
+    try:
+        return LegacyClient(token, base_url, rate_limit=args.rate_limit)
+    except errors.ConfigurationError as exc:
+        raise usage_error(str(exc)) from None
+    finally:
+        _DEPRECATION_SUPPRESSED.reset(reset)

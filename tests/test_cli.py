@@ -8,11 +8,13 @@ import pathlib
 import subprocess
 import sys
 import wave
+from typing import Any
 
 import anyio
 import pytest
 
-from audioshake_async.cli import main
+from audioshake_async.batch import BatchResult
+from audioshake_async.cli import RunSummary, main
 from audioshake_async.emulator import Emulator
 
 from .conftest import write_wav
@@ -235,3 +237,134 @@ def test_module_entry_point_prints_version() -> None:
     )
     assert result.returncode == 0
     assert result.stdout.startswith("audioshake-async ")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message", "hint"),
+    [
+        (["run", "x.wav", "-m", "vocals"], "the following arguments are required: -o/--out", "run"),
+        (["run", "x.wav", "-o", "o", "--concurrency", "many"], "invalid int value", "run"),
+        (["run", "x.wav", "-o", "o", "--provider", "nope"], "invalid choice: 'nope'", "run"),
+        (["frobnicate"], "invalid choice: 'frobnicate'", ""),
+        (["--no-such-flag"], "unrecognized arguments: --no-such-flag", ""),
+        ([], "give a command", ""),
+    ],
+)
+def test_argument_errors_are_one_line_and_a_hint(argv: list[str], message: str, hint: str) -> None:
+    status, out, err = run_cli(*argv)
+    assert status == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 2, err
+    assert lines[0].startswith("audioshake-async: error: ") and message in lines[0]
+    assert lines[1] == f"try '{' '.join(['audioshake-async', hint]).strip()} --help'"
+
+
+def test_the_same_input_twice_is_processed_once(tmp_path: pathlib.Path) -> None:
+    source = tmp_path / "in" / "a.wav"
+    write_wav(source)
+    write_wav(tmp_path / "in" / "b.wav", seed=1)
+    status, out, err = run_cli(
+        "run",
+        "--emulator",
+        str(tmp_path / "in"),
+        str(source),
+        str(source),
+        "-m",
+        "vocals",
+        "-o",
+        str(tmp_path / "o"),
+        "--emulator-delay",
+        "0",
+        "--json",
+    )
+    assert status == 0, err
+    summary = json.loads(out)
+    assert summary["items"] == 2 and summary["api_requests"]["POST /tasks"] == 2
+    assert sorted(r["input"] for r in summary["results"]) == sorted(
+        [str(source), str(tmp_path / "in" / "b.wav")]
+    )
+
+
+def test_unreadable_subdirectory_is_a_failed_item_with_its_reason(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from audioshake_async.batch import inputs
+
+    write_wav(tmp_path / "in" / "a" / "good.wav")
+    write_wav(tmp_path / "in" / "z" / "also.wav", seed=1)
+    locked = tmp_path / "in" / "locked"
+    locked.mkdir()
+    real_list_dir = inputs._list_dir
+
+    def list_dir(path: str) -> Any:
+        # chmod does not stop root: refuse the listing the way the kernel would.
+        if path == str(locked):
+            raise PermissionError(13, "Permission denied", path)
+        return real_list_dir(path)
+
+    monkeypatch.setattr(inputs, "_list_dir", list_dir)
+    status, out, err = run_cli(
+        "run",
+        "--emulator",
+        str(tmp_path / "in"),
+        "-m",
+        "vocals",
+        "-o",
+        str(tmp_path / "o"),
+        "--emulator-delay",
+        "0",
+        "--quiet",
+    )
+    assert status == 1
+    assert "2 of 3 items done, 1 failed" in out
+    assert f"FAILED {locked}: cannot read directory: Permission denied" in err
+    assert "Traceback" not in err
+
+
+def test_json_summary_is_plain_json_dumps_output() -> None:
+    summary = RunSummary(keep_records=True)
+    summary.add(BatchResult("a.wav", "done", None, (pathlib.Path("o/a/vocals.wav"),)))
+    summary.add(BatchResult('we"ird\n.wav', "failed", None, (), "empty\nfile"))
+    summary.add(BatchResult("b.wav", "skipped", None, (), None))
+    stream = io.StringIO()
+    summary.write_json(stream, {"POST /tasks": 2, "GET /models": 1})
+    expected = {
+        "items": 3,
+        "done": 1,
+        "skipped": 1,
+        "failed": 1,
+        "api_requests": {"GET /models": 1, "POST /tasks": 2},
+        "results": [
+            {
+                "input": "a.wav",
+                "status": "done",
+                "task_id": None,
+                "files": ["o/a/vocals.wav"],
+                "error": None,
+            },
+            {
+                "input": 'we"ird\n.wav',
+                "status": "failed",
+                "task_id": None,
+                "files": [],
+                "error": "empty\nfile",
+            },
+            {"input": "b.wav", "status": "skipped", "task_id": None, "files": [], "error": None},
+        ],
+    }
+    assert stream.getvalue() == json.dumps(expected, indent=2) + "\n"
+    empty = io.StringIO()
+    RunSummary(keep_records=True).write_json(empty, {})
+    assert (
+        empty.getvalue()
+        == json.dumps(
+            {"items": 0, "done": 0, "skipped": 0, "failed": 0, "api_requests": {}, "results": []},
+            indent=2,
+        )
+        + "\n"
+    )
+    # Without --json only the failures are kept, not a record per item.
+    listing = RunSummary(keep_records=False)
+    listing.add(BatchResult("a.wav", "done"))
+    listing.add(BatchResult("b.wav", "failed", error="boom"))
+    assert listing.records == [] and listing.failures == [("b.wav", "boom")]

@@ -584,3 +584,52 @@ async def test_cli_refused_token_fails_before_any_upload(
     assert status == 2 and "refused (401)" in err
     assert "not-the-token" not in err
     assert "POST /upload" not in emu.stats()["requests"]
+
+
+async def test_cli_unknown_legacy_model_or_format_is_a_usage_error_before_any_request(
+    emu: LegacyEmulator, tmp_path: pathlib.Path
+) -> None:
+    base = ["run", "--api", "legacy", "--base-url", emu.base_url, "--api-key", emu.token]
+    cases = [
+        (["-m", "nonsense"], "unknown model 'nonsense' for the legacy Jobs API"),
+        (["-m", "transcription"], "cannot output wav"),  # the default format
+        (["-m", "vocals", "-f", "srt"], "cannot output srt"),
+    ]
+    for extra, message in cases:
+        argv = [*base, str(SAMPLES), *extra, "-o", str(tmp_path / "o")]
+        status, out, err = await anyio.to_thread.run_sync(lambda argv=argv: run_cli(*argv))
+        assert status == 2, err
+        assert message in err and len(err.strip().splitlines()) == 1
+        assert out == ""
+    assert emu.stats()["requests"] == {}  # not even the token check
+
+
+async def test_cli_leaves_the_deprecation_warning_to_library_code(
+    emu: LegacyEmulator, wav: pathlib.Path, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(legacy, "_DEPRECATION_WARNED", False)
+    argv = [
+        "run",
+        "--api",
+        "legacy",
+        "--base-url",
+        emu.base_url,
+        "--api-key",
+        emu.token,
+        str(wav),
+        "-m",
+        "vocals",
+        "-o",
+        str(tmp_path / "o"),
+        "--quiet",
+    ]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        status, _, err = await anyio.to_thread.run_sync(lambda: run_cli(*argv))
+        assert status == 0, err
+        assert not [w for w in caught if issubclass(w.category, DeprecationWarning)]
+        assert legacy._DEPRECATION_WARNED is False
+        later = LegacyClient(TOKEN, emu.base_url)  # library code, same process
+    await later.aclose()
+    deprecations = [w for w in caught if issubclass(w.category, DeprecationWarning)]
+    assert len(deprecations) == 1 and deprecations[0].filename == __file__
