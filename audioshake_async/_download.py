@@ -3,13 +3,15 @@
 Bytes stream into a hidden ``.<name>.part`` file in the destination directory; the byte count is
 checked against ``Content-Length`` and the file is renamed into place only when complete. A
 truncated or failed transfer resumes with ``Range`` when the server supports it (else restarts);
-a 403 (signed links expire after an hour) asks the caller for a fresh link.
+a 403 (signed links expire after an hour) asks the caller for a fresh link. A ``Retry-After``
+on a retryable answer (429, 503...) sets the wait, capped like the API's (``max_retry_after``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import hashlib
 import logging
 import os
@@ -24,7 +26,7 @@ import anyio.to_thread
 import attrs
 
 from . import errors
-from ._protocol import RetryPolicy, is_retryable_status, redact_url
+from ._protocol import RetryPolicy, is_retryable_status, parse_retry_after, redact_url
 from ._transport import Transport
 
 __all__ = ["DownloadedFile", "fetch_to_file"]
@@ -129,8 +131,9 @@ async def fetch_to_file(
     completed = False
     try:
         while True:
+            retry_after: float | None = None
             try:
-                status = await _attempt(transport, current, part, progress)
+                status, retry_after = await _attempt(transport, current, part, progress)
             except (_Truncated, errors.APIConnectionError) as exc:
                 status, reason = 0, str(exc) or type(exc).__name__
             else:
@@ -155,6 +158,12 @@ async def fetch_to_file(
                 raise errors.DownloadError(
                     f"{destination.name}: {redact_url(current)} answered {reason}"
                 )
+            if retry_after is not None and retry_after > policy.max_retry_after:
+                # As for API calls: a wait that long is an outage, not a blip; do not stall.
+                raise errors.DownloadError(
+                    f"{destination.name}: {redact_url(current)} answered {reason} with "
+                    f"Retry-After {retry_after:g} s, over the {policy.max_retry_after:g} s limit"
+                )
             failures += 1
             if failures > policy.max_retries:
                 raise errors.DownloadError(
@@ -162,7 +171,7 @@ async def fetch_to_file(
                 )
             if part.written and not part.accepts_ranges:
                 await anyio.to_thread.run_sync(part.restart)
-            delay = policy.delay(failures, random.random())
+            delay = policy.delay(failures, random.random(), retry_after)
             logger.info(
                 "retrying download of %s after %s in %.2f s", destination.name, reason, delay
             )
@@ -190,8 +199,8 @@ async def _attempt(
     url: str,
     part: _PartFile,
     progress: DownloadProgress | None,
-) -> int:
-    """One GET (following redirects) appended to ``part``; returns the final HTTP status.
+) -> tuple[int, float | None]:
+    """One GET (following redirects) appended to ``part``: the final status and Retry-After.
 
     Raises _Truncated or APIConnectionError when the body ends early; ``part.written`` then
     counts every byte kept, so the next attempt resumes right after them.
@@ -212,7 +221,7 @@ async def _attempt(
                 part.accepts_ranges = True
             part.etag = response.headers.get("ETag") or part.etag
             if status not in (200, 206):
-                return status
+                return status, parse_retry_after(response.headers, dt.datetime.now(dt.timezone.utc))
             total: int | None = None
             if status == 206:
                 match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
@@ -247,7 +256,7 @@ async def _attempt(
                     await writer.finish()
             if total is not None and part.written != total:
                 raise _Truncated(f"truncated at {part.written} of {total} bytes")
-            return status
+            return status, None
     raise errors.DownloadError(f"more than {MAX_REDIRECTS} redirects from {redact_url(url)}")
 
 

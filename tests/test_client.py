@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 import aiohttp
+import anyio
 import pytest
 
 from audioshake_async import (
@@ -355,6 +356,31 @@ async def test_wait_timeout_carries_the_last_snapshot() -> None:
     assert info.value.task is not None
     assert [t.status for t in info.value.task.targets] == ["processing", "completed"]
     assert len(api.requests("GET", "/tasks/t1")) >= 2
+
+
+@pytest.mark.parametrize("hang_on", [1, 2], ids=["first-read", "later-read"])
+async def test_wait_timeout_bounds_a_read_that_hangs(hang_on: int) -> None:
+    """A GET hanging far past the wait's deadline still ends in TaskTimeoutError, on time.
+
+    The request timeout (60 s) is far longer than the wait's: the read in progress is what the
+    deadline has to cut short, and the error is the wait's, not the transport's.
+    """
+    api = FakeAPI()
+    api.scripts["t1"] = [_snapshot("processing", "completed")]
+    # FakeAPI keys faults by route template; a float delays that request by so many seconds.
+    api.faults["GET /tasks/{id}"] = [0.0] * (hang_on - 1) + [30.0]
+    with anyio.fail_after(10):
+        async with api_client(api, poll=TINY_POLL) as client:
+            with pytest.raises(errors.TaskTimeoutError) as info:
+                await client.tasks.wait("t1", timeout=0.5)
+    assert not isinstance(info.value, errors.APITimeoutError)
+    assert info.value.task_id == "t1"
+    assert len(api.requests("GET", "/tasks/t1")) == hang_on
+    if hang_on == 1:
+        assert info.value.task is None  # no read ever finished
+    else:
+        assert info.value.task is not None
+        assert [t.status for t in info.value.task.targets] == ["processing", "completed"]
 
 
 async def test_wait_on_a_finished_task_sends_nothing() -> None:

@@ -8,12 +8,16 @@ import hashlib
 import os
 import pathlib
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
 
+import anyio
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
+from multidict import CIMultiDict
 
-from audioshake_async import _download, errors
+from audioshake_async import RetryPolicy, _download, errors
 from audioshake_async._download import MAX_LINK_REFRESHES, WRITE_BATCH, fetch_to_file
 from audioshake_async._transport import Transport
 
@@ -23,6 +27,7 @@ from ._servers import (
     Blob,
     FakeAPI,
     FakeCDN,
+    Seen,
     api_client,
     base_url,
     serve,
@@ -213,6 +218,78 @@ async def test_every_attempt_failing_leaves_no_file(
     assert leftovers(tmp_path) == []  # neither the final file nor the .part file
     assert len(cdn.seen) == 2 * (FAST_RETRY.max_retries + 1)
     assert "SIGNATURE" not in str(info.value)
+
+
+class RetryAfterCDN(FakeCDN):
+    """A FakeCDN that answers the first requests with a status and a ``Retry-After``."""
+
+    def __init__(self, answers: list[tuple[int, str]]) -> None:
+        super().__init__()
+        self.answers = answers
+
+    async def _get(self, request: web.Request) -> web.StreamResponse:
+        if self.answers:
+            headers = CIMultiDict(request.headers)
+            self.seen.append(Seen(request.method, request.path, dict(request.query), headers))
+            status, retry_after = self.answers.pop(0)
+            return web.Response(status=status, text="busy", headers={"Retry-After": retry_after})
+        return await super()._get(request)
+
+
+@pytest.fixture
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The delays downloads chose between attempts (slept as zero, so tests stay fast)."""
+    recorded: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        recorded.append(seconds)
+        await asyncio.sleep(0)
+
+    # Only sleep is replaced: the thread hops and cancel scopes stay anyio's own.
+    fake = SimpleNamespace(**{**vars(anyio), "sleep": fake_sleep})
+    monkeypatch.setattr(_download, "anyio", fake)
+    return recorded
+
+
+@pytest.mark.parametrize("status", [503, 429])
+async def test_retry_after_from_the_cdn_sets_the_delay(
+    transport: Transport, tmp_path: pathlib.Path, data: bytes, sleeps: list[float], status: int
+) -> None:
+    cdn = RetryAfterCDN([(status, "7")])
+    cdn.blobs["f"] = Blob(data)
+    async with serve(cdn.app) as server:
+        result = await fetch_to_file(transport, cdn.link(server, "f"), tmp_path / "f.wav")
+    assert result.sha256 == sha(data) and (tmp_path / "f.wav").read_bytes() == data
+    # The server's 7 s, not FAST_RETRY's backoff (at most 0.05 s).
+    assert sleeps == [7.0]
+    assert len(cdn.seen) == 2
+
+
+async def test_retry_after_over_the_cap_gives_up_at_once(
+    transport: Transport, tmp_path: pathlib.Path, data: bytes, sleeps: list[float]
+) -> None:
+    """Like API calls: a wait over ``max_retry_after`` raises instead of stalling the download."""
+    too_long = FAST_RETRY.max_retry_after + 1
+    cdn = RetryAfterCDN([(503, f"{too_long:g}")])
+    cdn.blobs["f"] = Blob(data)
+    async with serve(cdn.app) as server:
+        with pytest.raises(errors.DownloadError, match="Retry-After"):
+            await fetch_to_file(transport, cdn.link(server, "f"), tmp_path / "f.wav")
+    assert sleeps == [] and len(cdn.seen) == 1 and leftovers(tmp_path) == []
+
+
+async def test_retry_after_is_capped_by_a_smaller_policy(
+    transport: Transport, tmp_path: pathlib.Path, data: bytes, sleeps: list[float]
+) -> None:
+    policy = RetryPolicy(max_retries=2, base_delay=0.01, max_delay=0.05, max_retry_after=3.0)
+    cdn = RetryAfterCDN([(503, "2.5"), (429, "0")])
+    cdn.blobs["f"] = Blob(data)
+    async with serve(cdn.app) as server:
+        result = await fetch_to_file(
+            transport, cdn.link(server, "f"), tmp_path / "f.wav", retry=policy
+        )
+    assert result.size == SIZE
+    assert sleeps == [2.5, 0.0]
 
 
 async def test_not_found_is_not_retried(transport: Transport, tmp_path: pathlib.Path) -> None:

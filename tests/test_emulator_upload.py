@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import aiohttp
 import pytest
 
 from audioshake_async.emulator import Emulator
+from audioshake_async.emulator import app as emulator_app
 
 MiB = 1024 * 1024
 
@@ -122,3 +125,94 @@ async def test_large_upload_constant_memory() -> None:
         assert stored.stat().st_size == total
     growth = peak - baseline
     assert growth < 40 * MiB, f"RSS grew by {growth / MiB:.1f} MiB for a 200 MiB upload"
+
+
+@pytest.mark.parametrize("filename", ["..", ".", "", "...", "dir/..", "C:\\music\\.."])
+async def test_upload_named_like_a_directory_gets_a_default_name(
+    emu: Emulator, http: aiohttp.ClientSession, filename: str
+) -> None:
+    """A part filename naming no file is stored as ``upload``, never as the assets folder."""
+    body = aiohttp.MultipartWriter("form-data")
+    part = body.append(b"RIFF" * 10, {"Content-Type": "audio/wav"})
+    # Unquoted: aiohttp would percent-encode the separators, hiding them from the server.
+    part.set_content_disposition("form-data", quote_fields=False, name="file", filename=filename)
+    async with http.post(f"{emu.base_url}/assets", data=body) as r:
+        assert r.status == 200, await r.text()
+        asset = await r.json()
+    assert asset["name"] == "upload" and asset["format"] == "wav"
+    stored = emu.workdir / "assets" / asset["id"] / "upload"
+    assert stored.read_bytes() == b"RIFF" * 10
+    assert leftover_files(emu) == [stored]
+
+
+class _FullDisk:
+    """An aiofiles handle whose writes fail as on a full disk."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.closed = False
+
+    async def write(self, chunk: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize("where", ["open", "write"])
+async def test_storage_error_answers_500_in_the_envelope(
+    emu: Emulator, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    handles: list[_FullDisk] = []
+
+    async def fake_open(path: Path, mode: str) -> _FullDisk:
+        if where == "open":
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        # What a real write would have left behind before the disk filled up.
+        await asyncio.to_thread(Path(path).write_bytes, b"partial")
+        handles.append(_FullDisk(Path(path)))
+        return handles[-1]
+
+    monkeypatch.setattr(emulator_app, "aiofiles", SimpleNamespace(open=fake_open))
+    async with http.post(f"{emu.base_url}/assets", data=multipart(bytes(1000), "a.wav")) as r:
+        assert r.status == 500
+        assert r.content_type == "application/json"
+        err = await r.json()
+    assert err == {
+        "statusCode": 500,
+        "error": "Internal Server Error",
+        "message": "Could not store the uploaded file",
+    }
+    assert all(h.closed for h in handles)
+    assert list((emu.workdir / "assets").iterdir()) == []  # folder and partial file removed
+    assert emu.stats()["assets_created"] == 0
+    monkeypatch.undo()
+    async with http.post(f"{emu.base_url}/assets", data=multipart(bytes(1000), "a.wav")) as r:
+        assert r.status == 200
+
+
+async def test_unexpected_handler_error_answers_500_in_the_envelope(
+    emu: Emulator, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(name: str, content_type: str | None) -> str:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(emulator_app, "format_of", broken)
+    async with http.post(f"{emu.base_url}/assets", data=multipart(bytes(10), "a.wav")) as r:
+        assert r.status == 500
+        err = await r.json()
+    assert err["statusCode"] == 500 and err["error"] == "Internal Server Error"
+
+
+async def test_close_removes_the_workdir_with_its_uploads() -> None:
+    """The removal runs in a worker thread now; aclose still returns only once it is done."""
+    async with (
+        Emulator(rate_limit=None) as emu,
+        aiohttp.ClientSession(headers={"x-api-key": emu.api_key}) as http,
+    ):
+        workdir = emu.workdir
+        async with http.post(f"{emu.base_url}/assets", data=multipart(bytes(1000), "a.wav")) as r:
+            assert r.status == 200
+        assert leftover_files(emu)
+    assert not workdir.exists()
+    await emu.aclose()  # a second close is a no-op

@@ -12,10 +12,13 @@ limit, and only answered to loopback clients.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import ipaddress
 import json
-from pathlib import PurePosixPath, PureWindowsPath
+import logging
+import shutil
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Protocol
 
 import aiofiles
@@ -36,6 +39,10 @@ UPLOAD_CHUNK = 256 * 1024
 MULTIPART_SLACK = 64 * 1024
 #: Largest JSON body accepted by the API routes.
 MAX_JSON_BODY = 1024 * 1024
+#: Stored name of an upload whose part filename names no file (``""``, ``"."``, ``".."``).
+DEFAULT_UPLOAD_NAME = "upload"
+
+logger = logging.getLogger("audioshake_async.emulator")
 
 
 #: Every API route as ``stats()["requests"]`` and ``fault_routes`` name it, in
@@ -141,9 +148,34 @@ async def read_json(request: web.Request) -> Any:
 
 
 def _safe_filename(name: str | None) -> str:
+    """The last path component of a part filename, or ``"upload"`` when it names no file."""
     # Both separators: a Windows client may send C:\music\song.wav as the part filename.
     base = PureWindowsPath(PurePosixPath(name or "").name).name.strip()
-    return base or "upload"
+    # "..", "." (and "...") would make the stored path the asset folder or its parent.
+    if not base.strip("."):
+        return DEFAULT_UPLOAD_NAME
+    return base
+
+
+def _storage_error(name: str, exc: BaseException) -> ApiError:
+    """The 500 (in the error envelope) answering an upload the disk could not take."""
+    logger.warning("emulator: could not store upload %r: %s", name, exc)
+    return ApiError(500, "Could not store the uploaded file")
+
+
+def _delete_asset_files(paths: list[Path]) -> None:
+    """Delete expired assets' files and their folders (runs in a worker thread)."""
+    for path in paths:
+        path.unlink(missing_ok=True)
+        # Only the asset's own folder, and only once empty: never more than was created.
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()
+
+
+def _remove_upload(folder: Path) -> None:
+    """Delete an upload's folder and whatever is in it (runs in a worker thread)."""
+    # ignore_errors: cleanup runs while another error propagates and must not replace it.
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 class ApiHandlers:
@@ -176,6 +208,11 @@ class ApiHandlers:
             return exc.response()
         except web.HTTPException as exc:
             return _from_http_exception(request, exc)
+        except Exception:
+            # A bug or an environment failure (disk full...): clients still get the envelope
+            # the API documents, not aiohttp's bare text 500.
+            logger.exception("emulator: %s %s failed", request.method, request.path)
+            return error_response(500, "Internal Server Error")
         return response
 
     async def _guarded(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -208,11 +245,14 @@ class ApiHandlers:
         if credits is not None and credits <= 0:
             raise ApiError(400, "Insufficient credits")
 
-    def sweep_expired_assets(self) -> None:
+    async def sweep_expired_assets(self) -> None:
         """Delete expired assets' files and forget them (documented: deleted after 72 h)."""
-        for asset in self.rt.store.pop_expired_assets():
+        expired = self.rt.store.pop_expired_assets()
+        if not expired:
+            return  # the usual case: no thread hop
+        for asset in expired:
             self.rt.files.remove(asset.file_id)
-            asset.path.unlink(missing_ok=True)
+        await asyncio.to_thread(_delete_asset_files, [a.path for a in expired])
 
     def _live_asset(self, asset_id: str) -> Asset:
         asset = self.rt.store.live_asset(asset_id)
@@ -223,7 +263,7 @@ class ApiHandlers:
     async def upload_asset(self, request: web.Request) -> web.Response:
         """``POST /assets``: stream the ``file`` part to disk, never holding it in memory."""
         self._check_credits()
-        self.sweep_expired_assets()
+        await self.sweep_expired_assets()
         limit = self.rt.config.max_upload_bytes
         stats = self.rt.store.stats
         if request.content_length is not None and request.content_length > limit + MULTIPART_SLACK:
@@ -268,11 +308,16 @@ class ApiHandlers:
         store = self.rt.store
         asset_id = store.ids.new()
         folder = self.rt.workdir / "assets" / asset_id
-        folder.mkdir(parents=True)
         path = folder / name
         size = 0
         try:
-            async with aiofiles.open(path, "wb") as fh:
+            try:
+                # Filesystem calls go to a thread: a slow or busy disk must not stall the loop.
+                await asyncio.to_thread(folder.mkdir, parents=True)
+                fh = await aiofiles.open(path, "wb")
+            except (OSError, ValueError) as exc:  # ValueError: a NUL in the name
+                raise _storage_error(name, exc) from exc
+            try:
                 while True:
                     chunk = await part.read_chunk(UPLOAD_CHUNK)
                     if not chunk:
@@ -283,11 +328,17 @@ class ApiHandlers:
                         raise ApiError(
                             413, f"File exceeds the maximum size of {limit} bytes", close=True
                         )
-                    await fh.write(chunk)
+                    try:
+                        await fh.write(chunk)
+                    except OSError as exc:
+                        raise _storage_error(name, exc) from exc
+            finally:
+                await fh.close()
         except BaseException:
-            # Over the limit, client gone, or cancelled: no partial file stays behind.
-            path.unlink(missing_ok=True)
-            folder.rmdir()
+            # Over the limit, client gone, cancelled, or the disk failed: no partial file
+            # stays behind. Shielded: a second cancellation must not leave the file either.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(asyncio.to_thread(_remove_upload, folder))
             raise
         now = self.rt.clock()
         mime = part_type.split(";")[0].strip() if part_type else ""
@@ -307,7 +358,7 @@ class ApiHandlers:
 
     async def list_assets(self, request: web.Request) -> web.Response:
         """``GET /assets``: bare array, no links (as documented)."""
-        self.sweep_expired_assets()
+        await self.sweep_expired_assets()
         return web.json_response([a.list_json() for a in self.rt.store.assets.values()])
 
     async def get_asset(self, request: web.Request) -> web.Response:

@@ -37,6 +37,16 @@ def _advertised_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+async def _remove_tree(path: Path) -> None:
+    """Delete ``path`` recursively in a worker thread (thousands of files block for a while)."""
+    try:
+        # Shielded: a cancelled aclose still removes the directory, in the background.
+        await asyncio.shield(asyncio.to_thread(shutil.rmtree, path, ignore_errors=True))
+    except RuntimeError:
+        # The loop's default executor is already shut down: remove it here instead.
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _checked(config: EmulatorConfig) -> EmulatorConfig:
     # A typo in fault_routes would silently disable the fault: refuse it instead.
     unknown = sorted((config.fault_routes or frozenset()) - set(API_ROUTES))
@@ -142,10 +152,11 @@ class Emulator:
             await self._webhooks.aclose()
         if rt.http is not None:
             await rt.http.close()
-        shutil.rmtree(rt.workdir, ignore_errors=True)
+        # Forgotten before the slow part: a cancelled removal still leaves a closed emulator.
         self._rt = None
         self._processor = None
         self._webhooks = None
+        await _remove_tree(rt.workdir)
 
     async def __aenter__(self) -> Emulator:
         return await self.start()
