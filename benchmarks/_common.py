@@ -4,7 +4,7 @@
 - :func:`emulator_process`: the emulator in a process of its own (its CPU and memory are never
   counted against a contender), started from its command line with knobs as flags.
 - :func:`run_child`: one contender in its own subprocess; it prints one JSON line last.
-- :func:`peak_rss_mib`: ``ru_maxrss`` of the calling process (call it in the child).
+- :func:`peak_rss_mib`: peak RSS of the calling process, ``VmHWM`` (call it in the child).
 - :func:`fmt`: "median (min–max)" of repeated runs.
 - :func:`write_section`: replace one ``<!-- bench:NAME -->`` section of ``RESULTS.md``, leaving
   every other section (other benchmarks, hand-written notes) as it is.

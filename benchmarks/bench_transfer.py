@@ -1,7 +1,9 @@
 """Peak RSS and throughput of a large upload and download: audioshake-async vs bare aiohttp.
 
-Every contender runs in its own subprocess, so ``ru_maxrss`` (read in the child, after the
-transfer) is that contender's own peak; the loopback server runs in a process of its own too,
+Every contender runs in its own subprocess and reports its own peak RSS, ``VmHWM`` of
+``/proc/self/status`` read in the child after the transfer (``_common.peak_rss_mib``: unlike
+``ru_maxrss`` it does not count the pages of the driver the child was forked from); the
+loopback server runs in a process of its own too,
 with two ports: an "API" (``POST /assets``, ``GET /tasks/bench``) and a "CDN" serving the output
 file, so the library downloads from another origin exactly as in production.
 
@@ -24,13 +26,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import json
 import os
 import pathlib
-import platform
 import re
-import resource
 import shlex
 import shutil
 import statistics
@@ -38,6 +37,11 @@ import subprocess
 import sys
 import tempfile
 import time
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+from _common import fmt, loadavg, machine_info, machine_line, peak_rss_mib
 
 MIB = 1 << 20
 HERE = pathlib.Path(__file__).resolve().parent
@@ -278,8 +282,8 @@ def run_contender(args: argparse.Namespace) -> None:
         profiler.stop()
         sys.stderr.write(profiler.output_text(unicode=False, color=False, show_all=False))
     assert size == args.size, (size, args.size)
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    print(json.dumps({"seconds": seconds, "bytes": size, "peak_rss_mib": peak_kib / 1024}))
+    # VmHWM: this process's own peak (ru_maxrss would count the driver's pages from the fork).
+    print(json.dumps({"seconds": seconds, "bytes": size, "peak_rss_mib": peak_rss_mib()}))
 
 
 # --------------------------------------------------------------------------- driver
@@ -294,36 +298,8 @@ def make_source(path: pathlib.Path, size: int) -> None:
             written += len(piece)
 
 
-def machine_info() -> dict[str, str]:
-    import aiohttp
-
-    cpu = "unknown"
-    try:
-        match = re.search(r"model name\s*:\s*(.+)", pathlib.Path("/proc/cpuinfo").read_text())
-        cpu = match.group(1).strip() if match else cpu
-    except OSError:
-        pass
-    return {
-        "nproc": str(os.cpu_count()),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "aiohttp": aiohttp.__version__,
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-    }
-
-
-def summarize(values: list[float]) -> tuple[float, float, float]:
-    return statistics.median(values), min(values), max(values)
-
-
-def fmt(values: list[float], digits: int = 0) -> str:
-    median, low, high = summarize(values)
-    if len(values) == 1:
-        return f"{median:.{digits}f}"
-    return f"{median:.{digits}f} ({low:.{digits}f}–{high:.{digits}f})"
-
-
 def drive(args: argparse.Namespace) -> int:
+    args.info = machine_info()  # the load average at the start, with the machine
     size = args.size_mib * MIB
     reps = args.reps
     results: dict[tuple[str, str], list[dict[str, float]]] = {key: [] for key in CONTENDERS}
@@ -418,8 +394,15 @@ def render(results: dict[tuple[str, str], list[dict[str, float]]], size: int, re
     return "\n".join(lines) + "\n"
 
 
+RSS_NOTE = (
+    "Peak RSS is the contender process's `VmHWM` (the peak of its own address space, read in "
+    "the child after the transfer; interpreter and imports included), not `ru_maxrss`, which "
+    "would also count the pages of the driver it was forked from; curl's is GNU `time`'s `%M`. "
+    "Client and server run in separate processes."
+)
+
+
 def write_results(table: str, args: argparse.Namespace) -> None:
-    info = machine_info()
     mode = "quick" if args.quick else "full"
     command = "python benchmarks/bench_transfer.py " + " ".join(
         shlex.quote(a) for a in sys.argv[1:]
@@ -427,9 +410,9 @@ def write_results(table: str, args: argparse.Namespace) -> None:
     section = (
         f"<!-- bench_transfer:{mode}:start -->\n"
         f"## Transfer benchmark ({mode})\n\n"
-        f"Machine: {info['nproc']} CPUs, {info['cpu']}; Python {info['python']}, "
-        f"aiohttp {info['aiohttp']}; {info['date']}.\n"
+        f"{machine_line(args.info, loadavg())}\n"
         f"Command: `{command.strip()}`\n\n"
+        f"{RSS_NOTE}\n\n"
         f"{table}"
         f"<!-- bench_transfer:{mode}:end -->\n"
     )
@@ -437,9 +420,8 @@ def write_results(table: str, args: argparse.Namespace) -> None:
         "# Benchmark results\n\n"
         "Written by `benchmarks/bench_transfer.py --write` (each mode replaces its own "
         "section). Targets: peak RSS under 100 MiB and throughput at least 90% of bare "
-        "aiohttp, for a 1 GiB upload and download over loopback. Peak RSS is the contender "
-        "process's `ru_maxrss` (interpreter and imports included); client and server run in "
-        "separate processes.\n\n"
+        "aiohttp, for a 1 GiB upload and download over loopback. Peak RSS is each contender "
+        "process's own `VmHWM` (see each section), not `ru_maxrss`.\n\n"
     )  # (notes added by hand below the header are kept: only the marked sections change)
     text = RESULTS.read_text() if RESULTS.exists() else header
     pattern = re.compile(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pathlib
 import subprocess
 import sys
@@ -9,7 +10,9 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-RUN_ALL = ROOT / "benchmarks" / "run_all.py"
+BENCHMARKS = ROOT / "benchmarks"
+RUN_ALL = BENCHMARKS / "run_all.py"
+OUTPUTS = ["RESULTS.md", "RESULTS-quick.md", "results.png", "results-quick.png"]
 
 
 @pytest.mark.slow
@@ -17,11 +20,9 @@ RUN_ALL = ROOT / "benchmarks" / "run_all.py"
 def test_benchmark_suite_smoke_run() -> None:
     """``run_all.py --smoke``: the overhead and batch benchmarks end to end (~25 s).
 
-    The transfer and Music.AI benchmarks have their own ``--quick`` modes; they are left out
-    here to keep this under 40 s.
+    The transfer and Music.AI benchmarks have tiny runs of their own below.
     """
-    outputs = ["RESULTS.md", "RESULTS-quick.md", "results.png", "results-quick.png"]
-    before = {name: _stamp(ROOT / "benchmarks" / name) for name in outputs}
+    before = _stamps()
     done = subprocess.run(
         [sys.executable, str(RUN_ALL), "--smoke", "--only", "overhead,batch"],
         capture_output=True,
@@ -35,8 +36,62 @@ def test_benchmark_suite_smoke_run() -> None:
         assert heading in done.stdout
     assert "| client CPU per `tasks.get()`, concurrency 64 |" in done.stdout
     assert "naive: requests + 16 threads" in done.stdout
+    assert "| target | verdict |" in done.stdout
+    assert "`musicai-sdk`" in done.stdout  # the pointer under the peers table
     # --smoke writes nothing: no results file or plot is created or changed.
-    assert {name: _stamp(ROOT / "benchmarks" / name) for name in outputs} == before
+    assert _stamps() == before
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_transfer_benchmark_smoke_run(tmp_path: pathlib.Path) -> None:
+    """``bench_transfer.py``: 4 MiB up and down, one repetition, no ``--write`` (~5 s)."""
+    before = _stamps()
+    done = _run("bench_transfer.py", "--quick", "--size-mib", "4", "--reps", "1", "--tmp", tmp_path)
+    assert "Transfer of 4 MiB" in done.stdout
+    assert "| upload | audioshake-async |" in done.stdout
+    assert "| download | audioshake-async |" in done.stdout
+    assert "Targets: upload: peak RSS < 100 MiB" in done.stdout
+    assert _stamps() == before
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_musicai_benchmark_smoke_run(tmp_path: pathlib.Path) -> None:
+    """``bench_musicai.py``: 3 jobs and a 4 MiB upload per contender, once (~10 s)."""
+    pytest.importorskip("musicai_sdk")
+    pytest.importorskip("trustme")
+    before = _stamps()
+    figures = tmp_path / "musicai.json"
+    done = _run(
+        "bench_musicai.py",
+        *("--quick", "--jobs", "3", "--size-mib", "4", "--reps", "1"),
+        *("--tmp", tmp_path, "--json", figures),
+    )
+    assert "| musicai-sdk 1.0.4, as shipped (one job after another) |" in done.stdout
+    assert "Upload of one 4 MiB file" in done.stdout
+    data = json.loads(figures.read_text())
+    assert data["jobs"] == 3 and data["quick"] is True
+    assert set(data["jobs_per_s"]) >= {"sdk", "ours", "client"}
+    assert data["rss_verdict"] in ("met", "MISSED")
+    assert _stamps() == before
+
+
+def _run(script: str, *argv: str | pathlib.Path) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *map(str, argv)],
+        capture_output=True,
+        text=True,
+        timeout=55,
+        cwd=ROOT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return done
+
+
+def _stamps() -> dict[str, int | None]:
+    return {name: _stamp(BENCHMARKS / name) for name in OUTPUTS}
 
 
 def _stamp(path: pathlib.Path) -> int | None:
