@@ -54,6 +54,9 @@ USER_AGENT = (
     f"python/{platform.python_version()}"
 )
 
+_JSON_HEADERS = {"Accept": "application/json"}
+_JSON_BODY_HEADERS = {"Accept": "application/json", "Content-Type": "application/json"}
+
 #: Exceptions meaning the connection was never established: the request was not sent.
 _NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 #: Exceptions after which the request may or may not have reached the server. A
@@ -209,6 +212,8 @@ class Transport:
         self._trust_env = trust_env
         self._random = random_fraction
         self._closed = False
+        # Built once: the JSON call path is the hot path of a million-task batch.
+        self._default_json_timeout = self.timeouts.for_json()
         #: Requests sent, by route (``"GET /tasks/{id}"``), attempts included.
         self.request_counts: Counter[str] = Counter()
 
@@ -265,10 +270,6 @@ class Transport:
                 headers.pop(name, None)
         return headers
 
-    async def _pace(self, url: str) -> None:
-        if self.limiter is not None and self.is_api_url(url):
-            await self.limiter.acquire()
-
     def _now(self) -> dt.datetime:
         return dt.datetime.now(dt.timezone.utc)
 
@@ -312,21 +313,25 @@ class Transport:
         url = self.url_for(path)
         label = route or f"{method} {path}"
         retries = self.retry.max_retries if max_retries is None else max_retries
-        client_timeout = (
-            self.timeouts.for_transfer() if transfer else self.timeouts.for_json(timeout)
-        )
+        if transfer:
+            client_timeout = self.timeouts.for_transfer()
+        elif timeout is None:
+            client_timeout = self._default_json_timeout
+        else:
+            client_timeout = self.timeouts.for_json(timeout)
         data_bytes = None
         if json_body is not None:
             data_bytes = json.dumps(json_body, separators=(",", ":")).encode()
+        api = self.is_api_url(url)
+        extra = _JSON_BODY_HEADERS if data_bytes is not None else _JSON_HEADERS
         attempt = 0
         while True:
-            await self._pace(url)
-            headers = self.headers_for(url, {"Accept": "application/json"})
-            if data_bytes is not None:
-                headers["Content-Type"] = "application/json"
+            if api and self.limiter is not None:
+                await self.limiter.acquire()
+            headers = self._headers(api, extra)
             data = body_factory() if body_factory is not None else data_bytes
             self.request_counts[label] += 1
-            started = time.perf_counter()
+            started = time.perf_counter() if logger.isEnabledFor(logging.DEBUG) else 0.0
             try:
                 async with self.session.request(
                     method,

@@ -525,6 +525,15 @@ class _Pipeline:
                     metadata=metadata,
                 )
             except (errors.APIConnectionError, errors.ServerError, errors.RateLimitError) as exc:
+                if isinstance(exc, errors.AmbiguousRequestError) and not (
+                    self.provider.supports_listing
+                ):
+                    # Sent, unanswered, and no listing to look it up: a retry could bill the
+                    # work twice. Reported instead; a rerun (the user's call) tries again.
+                    raise errors.AmbiguousRequestError(
+                        f"{exc}; {self.provider.name} has no listing to check it, so it was not "
+                        "retried: look in the dashboard before running this input again"
+                    ) from None
                 last_error = exc
                 logger.info(
                     "create for %s ended ambiguously (%s); looking up its token",
