@@ -886,12 +886,13 @@ class LegacyProvider:
     again: the jobs a token already created (kept in memory, and in ``ledger`` when given, which
     survives a crash) are never created twice; only the missing ones are. If some jobs end
     ambiguously, the others are kept and :class:`~audioshake_async.errors.AmbiguousRequestError`
-    makes the engine call again. A job the API refuses for good (4xx) after others exist becomes
-    a failed target, so the finished jobs are still downloaded.
+    is raised. A job the API refuses for good (4xx) after others exist becomes a failed target,
+    so the finished jobs are still downloaded.
 
-    Limit: a single ``POST /job`` that got no answer may have created its job; with no way to
-    look it up, the retry creates it again (the same behaviour as the engine's blind retry for
-    any provider without listing).
+    A ``POST /job`` that got no answer may have created its job, and there is no way to look it
+    up: the engine reports the item as failed instead of retrying (a retry could bill twice).
+    Running the input again, with the same journal and ledger, keeps the jobs known to exist
+    and creates only the others.
     """
 
     name = "legacy"

@@ -54,16 +54,27 @@ async def emulator() -> AsyncIterator[Emulator]:
         yield emu
 
 
-@pytest.fixture
-async def client(emulator: Emulator) -> AsyncIterator[AudioShake]:
-    """A client on the emulator with fast retries and polls."""
+def fast_client(
+    emulator: Emulator,
+    *,
+    rate_limit: float = 2000.0,
+    initial_interval: float = 0.02,
+    max_interval: float = 0.2,
+) -> AudioShake:
+    """A client on ``emulator`` with fast retries and polls (tests tune the schedule)."""
     from audioshake_async import PollPolicy
 
-    async with AudioShake(
+    return AudioShake(
         emulator.api_key,
         emulator.base_url,
         retry=FAST_RETRY,
-        rate_limit=2000.0,
-        poll=PollPolicy(initial_interval=0.02, max_interval=0.2),
-    ) as shared:
+        rate_limit=rate_limit,
+        poll=PollPolicy(initial_interval=initial_interval, max_interval=max_interval),
+    )
+
+
+@pytest.fixture
+async def client(emulator: Emulator) -> AsyncIterator[AudioShake]:
+    """A client on the emulator with fast retries and polls."""
+    async with fast_client(emulator) as shared:
         yield shared

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import anyio
 import pytest
 
-from audioshake_async import AudioShake, PollPolicy, Target, ValidationError
+from audioshake_async import AudioShake, Target, ValidationError
 from audioshake_async.batch import (
     BatchEvent,
     BatchResult,
@@ -32,7 +32,7 @@ from audioshake_async.batch import (
 )
 from audioshake_async.emulator import Emulator
 
-from .conftest import FAST_RETRY, write_wav
+from .conftest import FAST_RETRY, fast_client, write_wav
 
 TARGETS = [Target("vocals", ["wav"]), Target("drums", ["wav"])]
 MakeWavs = Callable[..., list[pathlib.Path]]
@@ -246,12 +246,8 @@ async def test_many_tasks_in_flight_are_refreshed_by_list_pages(
 ) -> None:
     emulator.configure(delay=0.5)
     inputs = make_wavs(150)
-    async with AudioShake(
-        emulator.api_key,
-        emulator.base_url,
-        retry=FAST_RETRY,
-        rate_limit=5000.0,
-        poll=PollPolicy(initial_interval=0.3, max_interval=0.5),
+    async with fast_client(
+        emulator, rate_limit=5000.0, initial_interval=0.3, max_interval=0.5
     ) as fast:
         results = await collect(
             fast,
@@ -382,12 +378,8 @@ async def test_faults_everywhere_still_complete_every_item_exactly_once(
                 emulator.expire_links()
                 emulator.configure(rate_limit_burst=10)
 
-    async with AudioShake(
-        emulator.api_key,
-        emulator.base_url,
-        retry=FAST_RETRY,
-        rate_limit=3000.0,
-        poll=PollPolicy(initial_interval=0.05, max_interval=0.3),
+    async with fast_client(
+        emulator, rate_limit=3000.0, initial_interval=0.05, max_interval=0.3
     ) as faulty:
         results = await collect(
             faulty,
@@ -591,13 +583,3 @@ def test_directory_names_for_many_inputs_with_one_stem(tmp_path: pathlib.Path) -
     assert journal.claim_dir("/catalog/7/audio.wav", "audio") == names[7]  # stable
     assert journal.claim_dir("/other/audio-3.wav", "audio-3") == "audio-3-2"
     journal.close()
-
-
-def fast_client(emulator: Emulator) -> AudioShake:
-    return AudioShake(
-        emulator.api_key,
-        emulator.base_url,
-        retry=FAST_RETRY,
-        rate_limit=2000.0,
-        poll=PollPolicy(initial_interval=0.02, max_interval=0.1),
-    )

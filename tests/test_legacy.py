@@ -464,14 +464,16 @@ async def test_batch_url_input_and_formats_per_job(
 async def test_partial_create_failure_keeps_created_jobs(
     emu: LegacyEmulator, client: LegacyClient, wav: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
-    # The second POST /job is dropped unanswered (nothing created): the engine calls create
-    # again and only the missing job is created.
+    # The second POST /job is dropped unanswered. The Jobs API has no listing to check
+    # whether it took effect, so it is reported, never retried blindly (a retry could bill
+    # twice); a rerun with the journal and ledger resumes it.
     emu.script("POST /job", "ok", "drop")
     results = await collect(LegacyProvider(client), [wav], tmp_path / "a")
-    assert [r.status for r in results] == ["done"], results
+    assert [r.status for r in results] == ["failed"], results
+    assert "not retried" in (results[0].error or "")
     stats = emu.stats()
-    assert stats["jobs_created"] == 2 and stats["duplicate_jobs"] == {}
-    assert stats["requests"]["POST /job"] == 3
+    assert stats["jobs_created"] == 1 and stats["duplicate_jobs"] == {}
+    assert stats["requests"]["POST /job"] == 2
     # A definite refusal after a job exists: the finished job is still downloaded and the
     # refused one is reported as a failed target.
     emu.script("POST /job", "ok", "400")

@@ -265,26 +265,18 @@ async def test_receiver_mounts_inside_a_users_app(emulator: Emulator, make_wavs:
 async def test_cli_registers_for_the_run_and_removes_it_after(
     emulator: Emulator, tmp_path: pathlib.Path
 ) -> None:
-    source = tmp_path / "in.wav"
-    write_wav(source)
     emulator.configure(delay=0.2)
     with socket.socket() as probe:  # a free port for the CLI's receiver
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    with anyio.fail_after(60):
-        result = await run_cli(
-            str(source),
-            "-o",
-            str(tmp_path / "o"),
-            "--base-url",
-            emulator.base_url,
-            "--api-key",
-            emulator.api_key,
-            "--webhook-listen",
-            f"127.0.0.1:{port}",
-            "--webhook-url",
-            f"http://127.0.0.1:{port}",
-        )
+    result = await run_cli(
+        emulator,
+        tmp_path,
+        "--webhook-listen",
+        f"127.0.0.1:{port}",
+        "--webhook-url",
+        f"http://127.0.0.1:{port}",
+    )
     assert result.returncode == 0, result.stderr.decode()[-2000:]
     stats = emulator.stats()
     assert stats["requests"].get("POST /webhooks") == 1
@@ -299,26 +291,18 @@ async def test_cli_registers_for_the_run_and_removes_it_after(
 async def test_cli_without_registration_prints_the_url_to_configure(
     emulator: Emulator, tmp_path: pathlib.Path
 ) -> None:
-    source = tmp_path / "in.wav"
-    write_wav(source)
     emulator.configure(delay=0.0)
-    with anyio.fail_after(60):
-        result = await run_cli(
-            str(source),
-            "-o",
-            str(tmp_path / "o"),
-            "--base-url",
-            emulator.base_url,
-            "--api-key",
-            emulator.api_key,
-            "--webhook-listen",
-            "127.0.0.1:0",
-            "--webhook-url",
-            "https://hooks.example.org",
-            "--webhook-no-register",
-            "--timeout",
-            "1",
-        )
+    result = await run_cli(
+        emulator,
+        tmp_path,
+        "--webhook-listen",
+        "127.0.0.1:0",
+        "--webhook-url",
+        "https://hooks.example.org",
+        "--webhook-no-register",
+        "--timeout",
+        "1",
+    )
     stderr = result.stderr.decode()
     assert "https://hooks.example.org/audioshake/webhooks/" in stderr
     assert "POST /webhooks" not in emulator.stats()["requests"]
@@ -328,10 +312,17 @@ async def test_cli_without_registration_prints_the_url_to_configure(
     assert (tmp_path / "o" / "in" / "vocals.wav").stat().st_size > 44
 
 
-async def run_cli(*argv: str) -> CompletedProcess[bytes]:
-    """``audioshake-async run ... -m vocals --quiet`` in a child process."""
-    command = [sys.executable, "-m", "audioshake_async", "run", *argv, "-m", "vocals", "--quiet"]
-    return await anyio.run_process(command, check=False)
+async def run_cli(
+    emulator: Emulator, tmp_path: pathlib.Path, *argv: str
+) -> CompletedProcess[bytes]:
+    """``audioshake-async run in.wav -m vocals -o o ...`` on the emulator, in a child process."""
+    source = tmp_path / "in.wav"
+    write_wav(source)
+    command = [sys.executable, "-m", "audioshake_async", "run", str(source), "-m", "vocals"]
+    command += ["-o", str(tmp_path / "o"), "--quiet", "--base-url", emulator.base_url]
+    command += ["--api-key", emulator.api_key, *argv]
+    with anyio.fail_after(60):
+        return await anyio.run_process(command, check=False)
 
 
 # --- the receiver's core on plain data ---------------------------------------------------------
