@@ -36,7 +36,6 @@ import contextlib
 import hmac
 import json
 import random
-import shutil
 import tempfile
 import time
 from collections import Counter, deque
@@ -56,7 +55,7 @@ from .config import EmulatorConfig
 from .errors import ApiError, error_response
 from .faults import FaultInjector
 from .processing import Processor, is_loopback_url
-from .runtime import Runtime
+from .runtime import Runtime, remove_tree
 from .state import COMPLETED, ERROR, Asset, Store, Target, Task, iso_timestamp
 from .validation import is_http_url
 
@@ -285,7 +284,7 @@ class LegacyEmulator:
             await asyncio.gather(*self._deliveries, return_exceptions=True)
         if rt.http is not None:
             await rt.http.close()
-        shutil.rmtree(rt.workdir, ignore_errors=True)
+        await remove_tree(rt.workdir)
         self._rt = None
         self._processor = None
         self._uploads = None

@@ -45,7 +45,6 @@ import json
 import os
 import random
 import re
-import shutil
 import ssl
 import tempfile
 import time
@@ -67,6 +66,7 @@ from .cdn import KEY_HEADERS, FileEntry, LinkSigner, content_type_for, new_file_
 from .errors import reason
 from .faults import TokenBucket
 from .processing import is_loopback_url
+from .runtime import remove_tree
 from .state import iso_timestamp
 
 __all__ = ["DEFAULT_WORKFLOWS", "MusicAIEmulator", "MusicAIWorkflow", "main"]
@@ -458,7 +458,7 @@ class MusicAIEmulator:
             await self._http.close()
             self._http = None
         if self._workdir is not None:
-            shutil.rmtree(self._workdir, ignore_errors=True)
+            await remove_tree(self._workdir)
             self._workdir = None
 
     async def __aenter__(self) -> MusicAIEmulator:

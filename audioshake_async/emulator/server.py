@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -20,7 +19,7 @@ from .cdn import FileRegistry, LinkSigner, create_cdn_app
 from .config import STARTUP_ONLY_KNOBS, EmulatorConfig
 from .faults import FaultInjector
 from .processing import Processor
-from .runtime import Runtime
+from .runtime import Runtime, remove_tree
 from .state import Store, Target, Task
 from .webhooks import WebhookDispatcher
 
@@ -35,16 +34,6 @@ def _advertised_host(host: str) -> str:
     if host == "::":
         return "[::1]"
     return f"[{host}]" if ":" in host else host
-
-
-async def _remove_tree(path: Path) -> None:
-    """Delete ``path`` recursively in a worker thread (thousands of files block for a while)."""
-    try:
-        # Shielded: a cancelled aclose still removes the directory, in the background.
-        await asyncio.shield(asyncio.to_thread(shutil.rmtree, path, ignore_errors=True))
-    except RuntimeError:
-        # The loop's default executor is already shut down: remove it here instead.
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def _checked(config: EmulatorConfig) -> EmulatorConfig:
@@ -156,7 +145,7 @@ class Emulator:
         self._rt = None
         self._processor = None
         self._webhooks = None
-        await _remove_tree(rt.workdir)
+        await remove_tree(rt.workdir)
 
     async def __aenter__(self) -> Emulator:
         return await self.start()
