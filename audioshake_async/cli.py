@@ -30,6 +30,7 @@ from .batch import (
     BatchProvider,
     BatchResult,
     FileWritten,
+    ItemDone,
     ItemFailed,
     ItemQueued,
     ItemSkipped,
@@ -278,6 +279,8 @@ class ProgressTracker:
     files: int = 0
     bytes_written: int = 0
     _partial: dict[str, int] = attrs.Factory(dict)
+    # Inputs whose task exists and that have not finished (at most max_in_flight of them).
+    _waiting: set[str] = attrs.Factory(set)
 
     def __call__(self, event: BatchEvent) -> None:
         if isinstance(event, ItemQueued):
@@ -291,6 +294,7 @@ class ProgressTracker:
                 self.bytes_sent += event.size
         elif isinstance(event, TaskCreated):
             self.tasks += 1
+            self._waiting.add(event.input)
         elif isinstance(event, FileWritten):
             self.files += 1
             self.bytes_written += event.size
@@ -298,6 +302,9 @@ class ProgressTracker:
             self.skipped += 1
         elif isinstance(event, ItemFailed):
             self.failed += 1
+            self._waiting.discard(event.input)
+        elif isinstance(event, ItemDone):
+            self._waiting.discard(event.input)
 
     def record(self, result: BatchResult) -> None:
         """Count a finished item (done items are counted here, not from events)."""
@@ -312,14 +319,13 @@ class ProgressTracker:
     def line(self) -> str:
         """One plain progress line."""
         elapsed = time.monotonic() - self.started
-        in_flight = self.tasks - (self.done + self.failed)
         eta = ""
         if self.finished and self.queued > self.finished:
             rate = self.finished / max(elapsed, 1e-9)
             eta = f", ETA {(self.queued - self.finished) / rate:.0f}s"
         return (
             f"[{elapsed:6.1f}s] {self.finished}/{self.queued} items: {self.done} done, "
-            f"{self.skipped} skipped, {self.failed} failed; {max(in_flight, 0)} tasks in "
+            f"{self.skipped} skipped, {self.failed} failed; {len(self._waiting)} tasks in "
             f"flight; uploaded {_size(self.bytes_sent + sum(self._partial.values()))}, "
             f"wrote {self.files} files ({_size(self.bytes_written)}){eta}"
         )

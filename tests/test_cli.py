@@ -368,3 +368,48 @@ def test_json_summary_is_plain_json_dumps_output() -> None:
     listing.add(BatchResult("a.wav", "done"))
     listing.add(BatchResult("b.wav", "failed", error="boom"))
     assert listing.records == [] and listing.failures == [("b.wav", "boom")]
+
+
+def test_a_terminal_gets_the_live_progress_display(tmp_path: pathlib.Path) -> None:
+    """stderr on a real pseudo-terminal: the rich live line, counting items and tasks."""
+    import os
+    import pty
+
+    master, slave = pty.openpty()
+    command = [sys.executable, "-m", "audioshake_async", "run", "--emulator", str(SAMPLES)]
+    command += ["-m", "vocals", "-o", str(tmp_path / "stems"), "--emulator-delay", "0.3"]
+    env = {**os.environ, "COLUMNS": "200", "TERM": "xterm"}
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=slave, env=env)
+    os.close(slave)
+    screen = bytearray()
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        screen += chunk
+    os.close(master)
+    assert child.wait(timeout=60) == 0
+    assert child.stdout is not None
+    child.stdout.close()
+    text = screen.decode(errors="replace")
+    samples = len(list(SAMPLES.glob("*.wav")))
+    assert "items:" in text and "tasks in flight" in text, text[-2000:]
+    assert f"{samples}/{samples} items: {samples} done" in text, text[-2000:]
+    assert "\x1b[" in text  # drawn as a live display, not printed as plain lines
+
+
+def test_tasks_in_flight_count_resumed_and_recreated_tasks_once() -> None:
+    from audioshake_async.batch import ItemDone, ItemFailed, TaskCreated
+    from audioshake_async.cli import ProgressTracker
+
+    tracker = ProgressTracker()
+    tracker(TaskCreated("a.wav", "t1", resumed=True))  # from the journal of an earlier run
+    tracker(TaskCreated("b.wav", "t2"))
+    tracker(TaskCreated("a.wav", "t3"))  # t1 was gone: created again
+    assert "2 tasks in flight" in tracker.line()
+    tracker(ItemDone("a.wav", ()))
+    tracker(ItemFailed("b.wav", "boom"))
+    assert "0 tasks in flight" in tracker.line()

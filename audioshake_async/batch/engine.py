@@ -389,6 +389,7 @@ class _Pipeline:
             if record.task_id:
                 item.resumed = True
                 item.asset_id = record.asset_id if fresh else None
+                self.emit(TaskCreated(display, record.task_id, resumed=True))
                 await self.watcher.add(item)
                 return
             if record.token:

@@ -79,11 +79,13 @@ class Uploaded:
 
 @attrs.frozen
 class TaskCreated:
-    """The task of an input exists (``recovered`` when found by its token after a failure)."""
+    """The task of an input exists (``recovered`` when found by its token after a failure,
+    ``resumed`` when taken from the journal of an earlier run)."""
 
     input: str
     task_id: str
     recovered: bool = False
+    resumed: bool = False
 
 
 @attrs.frozen
