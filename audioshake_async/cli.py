@@ -158,6 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     journal.add_argument(
         "--no-journal", action="store_true", help="do not keep a journal (a re-run starts over)"
     )
+    run.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="give items a failed earlier run recorded a new task (billed again)",
+    )
     run.add_argument("--api-key", help=f"API key (default: ${ENV_API_KEY})")
     run.add_argument("--base-url", help="API base URL (default: $AUDIOSHAKE_BASE_URL or the API)")
     run.add_argument(
@@ -573,6 +578,7 @@ async def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         download_concurrency=2 * args.concurrency,
         max_in_flight=args.max_in_flight,
         task_timeout=args.timeout,
+        retry_failed=args.retry_failed,
     )
     tracker = ProgressTracker()
     summary = RunSummary(keep_records=args.json)

@@ -583,3 +583,21 @@ def test_directory_names_for_many_inputs_with_one_stem(tmp_path: pathlib.Path) -
     assert journal.claim_dir("/catalog/7/audio.wav", "audio") == names[7]  # stable
     assert journal.claim_dir("/other/audio-3.wav", "audio-3") == "audio-3-2"
     journal.close()
+
+
+async def test_retry_failed_gives_a_failed_item_new_work_only_when_asked(
+    client: AudioShake, emulator: Emulator, make_wavs: MakeWavs, tmp_path: pathlib.Path
+) -> None:
+    (source,) = make_wavs(1)
+    out, journal = tmp_path / "out", tmp_path / "j.sqlite"
+    emulator.configure(error_models=["drums"])
+    first = await collect(client, [source], out, journal=journal)
+    assert first[0].status == "failed" and "drums" in (first[0].error or "")
+    emulator.configure(error_models=[])
+    # A plain rerun reads the failed task again: no new billing, the same failure.
+    again = await collect(client, [source], out, journal=journal)
+    assert again[0].status == "failed" and emulator.stats()["tasks_created"] == 1
+    retried = await collect(client, [source], out, journal=journal, retry_failed=True)
+    assert retried[0].status == "done", retried[0].error
+    assert emulator.stats()["tasks_created"] == 2
+    assert sorted(p.name for p in retried[0].files) == ["drums.wav", "vocals.wav"]

@@ -130,6 +130,9 @@ class BatchOptions:
     #: Seconds a task may go without one successful read (outage, wrong provider) before its
     #: item fails; a refusal (401, 403, 400) fails it at once. A rerun resumes it.
     unreachable_timeout: float = 3600.0
+    #: Items an earlier run recorded as failed get a new task (billed again) instead of
+    #: re-reading the failed one; outputs already written are kept.
+    retry_failed: bool = False
 
     def __attrs_post_init__(self) -> None:
         for name in (
@@ -386,6 +389,11 @@ class _Pipeline:
                 record.asset_uploaded_at is not None
                 and time.time() - record.asset_uploaded_at < self.asset_max_age
             )
+            if record.task_id and self.options.retry_failed and record.status == "failed":
+                # Asked for explicitly: the failed task is left behind and new work created.
+                await self.journal.call(journal.record_task, source, self.signature, None)
+                record = attrs.evolve(record, task_id=None, token=None)
+                item.token = item.task_id = None
             if record.task_id:
                 item.resumed = True
                 item.asset_id = record.asset_id if fresh else None
