@@ -67,6 +67,20 @@ def assert_outputs_match(emulator: Emulator, results: list[BatchResult]) -> None
             assert sha256(path) == digests[path.name], path
 
 
+def write_journal(
+    path: pathlib.Path, source: pathlib.Path, asset_id: str, *, token: str | None = None
+) -> None:
+    """A journal as an earlier run left it: the asset uploaded, and the create intent if given."""
+    journal = SqliteJournal(path)
+    stat = source.stat()
+    signature = targets_signature(TARGETS)
+    journal.reset(str(source), signature, stat.st_size, stat.st_mtime_ns, sha256(source))
+    journal.record_asset(str(source), signature, asset_id, time.time(), None)
+    if token is not None:
+        journal.record_intent(str(source), signature, token)
+    journal.close()
+
+
 def final_files(root: pathlib.Path) -> list[pathlib.Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
 
@@ -292,12 +306,7 @@ async def test_fresh_asset_from_the_journal_is_reused(
     (source,) = make_wavs(1)
     journal_path = tmp_path / "j.sqlite"
     asset = await client.assets.upload(source)
-    journal = SqliteJournal(journal_path)
-    stat = source.stat()
-    signature = targets_signature(TARGETS)
-    journal.reset(str(source), signature, stat.st_size, stat.st_mtime_ns, sha256(source))
-    journal.record_asset(str(source), signature, asset.id, time.time(), None)
-    journal.close()
+    write_journal(journal_path, source, asset.id)
     results = await collect(client, [source], tmp_path / "out", journal=journal_path)
     assert results[0].status == "done"
     assert emulator.stats()["assets_created"] == 1
@@ -311,12 +320,7 @@ async def test_expired_asset_is_uploaded_again_once(
     journal_path = tmp_path / "j.sqlite"
     asset = await client.assets.upload(source)
     emulator.expire_assets()
-    journal = SqliteJournal(journal_path)
-    stat = source.stat()
-    signature = targets_signature(TARGETS)
-    journal.reset(str(source), signature, stat.st_size, stat.st_mtime_ns, sha256(source))
-    journal.record_asset(str(source), signature, asset.id, time.time(), None)
-    journal.close()
+    write_journal(journal_path, source, asset.id)
     results = await collect(client, [source], tmp_path / "out", journal=journal_path)
     assert results[0].status == "done", results[0]
     assert emulator.stats()["assets_created"] == 2
@@ -333,13 +337,7 @@ async def test_intent_from_a_crashed_run_adopts_the_existing_task(
     await client.tasks.create(
         asset_id=asset.id, targets=TARGETS, metadata=json.dumps({"client_token": token})
     )
-    journal = SqliteJournal(journal_path)
-    stat = source.stat()
-    signature = targets_signature(TARGETS)
-    journal.reset(str(source), signature, stat.st_size, stat.st_mtime_ns, sha256(source))
-    journal.record_asset(str(source), signature, asset.id, time.time(), None)
-    journal.record_intent(str(source), signature, token)
-    journal.close()
+    write_journal(journal_path, source, asset.id, token=token)
     events: list[BatchEvent] = []
     results = await collect(
         client, [source], tmp_path / "out", journal=journal_path, progress=events.append
@@ -526,13 +524,7 @@ async def test_a_token_search_reaches_back_to_the_intent_time(
     journal_path = tmp_path / "j.sqlite"
     asset = await client.assets.upload(source)
     token = "fedcba9876543210fedcba9876543210"
-    journal = SqliteJournal(journal_path)
-    stat = source.stat()
-    signature = targets_signature(TARGETS)
-    journal.reset(str(source), signature, stat.st_size, stat.st_mtime_ns, sha256(source))
-    journal.record_asset(str(source), signature, asset.id, time.time(), None)
-    journal.record_intent(str(source), signature, token)
-    journal.close()
+    write_journal(journal_path, source, asset.id, token=token)
     await client.tasks.create(
         asset_id=asset.id, targets=TARGETS, metadata=json.dumps({"client_token": token})
     )
