@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from audioshake_async import AudioShake, PollPolicy, Target
+from audioshake_async import AudioShake, PollPolicy, Target, Task
 from audioshake_async.batch import BatchResult
 from audioshake_async.emulator import Emulator
 from audioshake_async.webhooks import WebhookReceiver
@@ -471,3 +471,53 @@ async def test_webhooks_example_app_answers_from_deliveries(
     requests = emulator.stats()["requests"]
     assert requests.get("GET /tasks/{id}", 0) <= 3  # one initial read + one per delivery
     assert requests.get("DELETE /webhooks/{id}") == 1  # removed when the app stopped
+
+
+async def test_a_delivery_during_a_read_is_not_lost(
+    emulator: Emulator,
+    receiver: WebhookReceiver,
+    registered: str,
+    make_wavs: MakeWavs,
+    tmp_path: pathlib.Path,
+) -> None:
+    """The confirming read of delivery 1 is answered before delivery 2 arrives (a race that
+    loaded machines hit): delivery 2 must cause another read, not wait for the safety poll."""
+    from audioshake_async.batch import AudioShakeProvider, run_batch
+
+    second_delivery = anyio.Event()
+    receiver.add_listener(lambda _: second_delivery.set() if receiver.stats.accepted >= 2 else None)
+
+    first_read: list[Task] = []
+
+    class SlowFirstRead(AudioShakeProvider):
+        reads = 0
+
+        async def get(self, task_id: str) -> Task:
+            snapshot = await super().get(task_id)
+            SlowFirstRead.reads += 1
+            if SlowFirstRead.reads == 1:
+                first_read.append(snapshot)
+                await second_delivery.wait()  # answered with the state before delivery 2
+            return snapshot
+
+    # Targets finish far apart (seeded jitter), so read 1 sees only the first one done.
+    emulator.configure(delay=0.05, jitter=1.0)
+    targets = [Target("vocals", ["wav"]), Target("drums", ["wav"])]
+    async with make_client(emulator) as client:
+        provider = SlowFirstRead(client)
+        with anyio.fail_after(30):
+            results = [
+                r
+                async for r in run_batch(
+                    provider,
+                    make_wavs(1),
+                    targets=targets,
+                    out_dir=tmp_path / "out",
+                    webhooks=receiver,
+                    safety_poll=600.0,
+                    list_refresh=False,
+                )
+            ]
+    assert [r.status for r in results] == ["done"]
+    assert first_read and not first_read[0].is_done  # the race was really run
+    assert SlowFirstRead.reads >= 2

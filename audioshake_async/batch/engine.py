@@ -232,6 +232,8 @@ class _Item:
     #: Epoch seconds of the create intent: how far back a token search must look.
     intent_at: float | None = None
     last_read_ok: float = 0.0
+    #: A delivery arrived since the last read began: read again at once, not at the next poll.
+    hinted: bool = False
 
 
 @attrs.define(eq=False)
@@ -755,7 +757,12 @@ class _Watcher:
     def hint(self, task_id: str) -> None:
         """A delivery says the task changed: confirm it with a GET as soon as possible."""
         item = self.pending.get(task_id)
-        if item is not None and not item.finished and item.next_due > time.monotonic():
+        if item is None or item.finished:
+            return
+        # Remembered even when a read is due or in flight: that read may have been answered
+        # before this delivery's change, and the next regular read is a safety poll away.
+        item.hinted = True
+        if item.next_due > time.monotonic():
             self._schedule_at(item, time.monotonic())
             self._wake.set()
 
@@ -855,6 +862,8 @@ class _Watcher:
     async def _refresh(self, due: list[_Item], *, by_list: bool) -> None:
         if not due:
             return
+        for item in due:
+            item.hinted = False  # a delivery from now on needs a read after this one
         options = self.pipeline.options
         provider = self.pipeline.provider
         snapshots: dict[str, Task] = {}
@@ -949,7 +958,7 @@ class _Watcher:
     def _reschedule(self, item: _Item) -> None:
         assert item.task_id is not None
         item.polls += 1
-        self._schedule_at(item, self._next_due(item))
+        self._schedule_at(item, time.monotonic() if item.hinted else self._next_due(item))
 
     async def _absorb(self, item: _Item, snapshot: Task) -> bool:
         """Take in a snapshot; dispatch new outputs; True when the item left the watch."""
