@@ -64,6 +64,12 @@ class WebhookStats:
 
 
 @attrs.frozen
+class _Seen:
+    task: Task
+    keys: frozenset[tuple[str, str]]
+
+
+@attrs.frozen
 class DeliveryOutcome:
     """What to answer a delivery: an HTTP status and a one-word result."""
 
@@ -94,8 +100,9 @@ class WebhookReceiver:
         self.stats = WebhookStats()
         self._listeners: dict[str, set[DeliveryListener]] = collections.defaultdict(set)
         self._global: set[DeliveryListener] = set()
-        self._seen: set[tuple[str, str, str]] = set()
-        self._recent: collections.OrderedDict[str, Task] = collections.OrderedDict()
+        # Per recent task: its last delivery and the (target id, status) pairs seen, evicted
+        # together, oldest first, so memory stays bounded however long the receiver runs.
+        self._recent: collections.OrderedDict[str, _Seen] = collections.OrderedDict()
         self.base_url: str | None = None
 
     def __repr__(self) -> str:
@@ -159,7 +166,7 @@ class WebhookReceiver:
         self._listeners[task_id].add(listener)
         recent = self._recent.get(task_id)
         if recent is not None:
-            listener(recent)
+            listener(recent.task)
 
         def unsubscribe() -> None:
             listeners = self._listeners.get(task_id)
@@ -193,13 +200,13 @@ class WebhookReceiver:
             return self._reject(400, "not a task")
         if not task.id or not task.targets:
             return self._reject(422, "task without id or targets")
-        keys = {(task.id, t.id, t.status) for t in task.targets if t.is_terminal}
-        fresh = keys - self._seen
-        if not fresh:
+        seen = self._recent.get(task.id)
+        keys = frozenset((t.id, t.status) for t in task.targets if t.is_terminal)
+        # Nothing terminal, or nothing new: a repeat or a stale snapshot wakes nobody.
+        if not keys or (seen is not None and keys <= seen.keys):
             self.stats.duplicates += 1
             return DeliveryOutcome(200, "duplicate")
-        self._seen |= fresh
-        self._remember(task)
+        self._remember(task, keys | seen.keys if seen is not None else keys)
         watchers = self._listeners.get(task.id)
         if not watchers:
             self.stats.unwatched += 1
@@ -224,7 +231,14 @@ class WebhookReceiver:
         if length is not None and length > self.max_body:
             outcome = self.too_large(token)
         else:
-            outcome = self.accept(token, await request.content.read(self.max_body + 1))
+            # read(n) returns what has arrived, up to n: a chunked body needs several reads.
+            body = bytearray()
+            while len(body) <= self.max_body:
+                chunk = await request.content.read(self.max_body + 1 - len(body))
+                if not chunk:
+                    break
+                body += chunk
+            outcome = self.accept(token, bytes(body))
         return web.json_response({"status": outcome.result}, status=outcome.status)
 
     def too_large(self, token: str) -> DeliveryOutcome:
@@ -244,14 +258,11 @@ class WebhookReceiver:
         """
         return _ASGIReceiver(self)
 
-    def _remember(self, task: Task) -> None:
-        self._recent[task.id] = task
+    def _remember(self, task: Task, keys: frozenset[tuple[str, str]]) -> None:
+        self._recent[task.id] = _Seen(task, keys)
         self._recent.move_to_end(task.id)
         while len(self._recent) > RECENT_TASKS:
             self._recent.popitem(last=False)
-        if len(self._seen) > 20 * RECENT_TASKS:
-            # Forget the dedupe keys of forgotten tasks too, so memory stays bounded.
-            self._seen = {key for key in self._seen if key[0] in self._recent}
 
 
 class _ASGIReceiver:

@@ -521,3 +521,25 @@ async def test_a_delivery_during_a_read_is_not_lost(
     assert [r.status for r in results] == ["done"]
     assert first_read and not first_read[0].is_done  # the race was really run
     assert SlowFirstRead.reads >= 2
+
+
+async def test_a_delivery_sent_in_small_chunks_is_read_whole(receiver: WebhookReceiver) -> None:
+    """A chunked body arrives in pieces: the aiohttp route must read them all, not the first."""
+    body = delivery("chunked-task", *["completed"] * 20)
+    woken: list[str] = []
+    receiver.subscribe("chunked-task", lambda task: woken.append(task.id))
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 64):
+            yield body[start : start + 64]
+            await anyio.sleep(0.001)  # separate writes, so the server sees separate chunks
+
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            receiver.url, data=pieces(), headers={"Content-Type": "application/json"}
+        ) as response,
+    ):
+        assert response.status == 200, await response.text()
+        assert (await response.json())["status"] == "accepted"
+    assert woken == ["chunked-task"]
