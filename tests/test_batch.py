@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import anyio
 import pytest
@@ -593,3 +593,22 @@ async def test_retry_failed_gives_a_failed_item_new_work_only_when_asked(
     assert retried[0].status == "done", retried[0].error
     assert emulator.stats()["tasks_created"] == 2
     assert sorted(p.name for p in retried[0].files) == ["drums.wav", "vocals.wav"]
+
+
+async def test_a_plain_generator_of_inputs_is_advanced_off_the_event_loop(
+    client: AudioShake, emulator: Emulator, make_wavs: MakeWavs, tmp_path: pathlib.Path
+) -> None:
+    import threading
+
+    loop_thread = threading.get_ident()
+    threads: list[int] = []
+    paths = make_wavs(3)
+
+    def slow_source() -> Iterator[pathlib.Path]:  # stands for os.walk or a database cursor
+        for path in paths:
+            threads.append(threading.get_ident())
+            yield path
+
+    results = await collect(client, slow_source(), tmp_path / "out")
+    assert sorted(r.status for r in results) == ["done"] * 3
+    assert threads and loop_thread not in threads

@@ -87,6 +87,8 @@ logger = logging.getLogger("audioshake_async.batch")
 
 ASSET_LIFETIME = 72 * 3600.0
 HASH_CHUNK = 1 << 20
+#: Inputs taken per worker-thread hop from a plain (possibly blocking) iterable.
+INPUT_CHUNK = 256
 #: Task creation times may be skewed from this machine's clock by up to this much.
 CLOCK_SKEW = 3600.0
 #: The most ``GET /tasks`` pages a token search reads (100 000 tasks).
@@ -990,9 +992,18 @@ async def _iterate(inputs: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[
     if isinstance(inputs, AsyncIterable):
         async for value in inputs:
             yield value
-    else:
+    elif isinstance(inputs, (list, tuple)):
         for value in inputs:
             yield value
+    else:
+        # Any other iterable may block on each step (os.walk, a file, a database cursor):
+        # it is advanced in a worker thread, a bounded chunk at a time.
+        iterator = iter(inputs)
+        while chunk := await anyio.to_thread.run_sync(
+            lambda: list(itertools.islice(iterator, INPUT_CHUNK))
+        ):
+            for value in chunk:
+                yield value
 
 
 async def _run_pipeline(pipeline: _Pipeline, inputs: Iterable[Any] | AsyncIterable[Any]) -> None:
