@@ -494,8 +494,8 @@ async def _webhooks(
 class RunSummary:
     """What the end of ``run`` prints, kept without holding every :class:`BatchResult`.
 
-    Counters always; the failed inputs (for the FAILED listing) unless ``keep_records``;
-    with ``keep_records`` (``--json``) one compact tuple per item instead, for ``results``.
+    Counters and the failed inputs (for the FAILED listing) always; with ``keep_records``
+    (``--json``) also one compact tuple per item, for ``results``.
     """
 
     keep_records: bool
@@ -520,7 +520,7 @@ class RunSummary:
             task_id = result.task.id if result.task else None
             files = tuple(str(p) for p in result.files)
             self.records.append((result.input, result.status, task_id, files, error))
-        elif not result.ok:
+        if not result.ok:
             self.failures.append((result.input, error))
 
     def write_json(self, out: TextIO, requests: dict[str, int]) -> None:
@@ -612,11 +612,12 @@ async def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                     reason = unreadable.pop(result.input, None) if not result.ok else None
                     summary.add(result, error=reason)
         requests = provider.request_counts()
+    # Failures go to stderr in both modes: with --json, stdout stays one JSON document.
+    for item, error in summary.failures:
+        print(f"FAILED {item}: {error}", file=err)
     if args.json:
         summary.write_json(out, requests)
     else:
-        for item, error in summary.failures:
-            print(f"FAILED {item}: {error}", file=err)
         print(
             f"{summary.done + summary.skipped} of {summary.items} items done, "
             f"{summary.failed} failed; outputs in {out_dir}",

@@ -92,7 +92,10 @@ def test_json_summary_and_resume(tmp_path: pathlib.Path) -> None:
     assert "POST /assets" not in again["api_requests"]
 
 
-def test_a_failed_item_gives_exit_1_and_is_listed(tmp_path: pathlib.Path) -> None:
+@pytest.mark.parametrize("json_summary", [False, True])
+def test_a_failed_item_gives_exit_1_and_is_listed(
+    tmp_path: pathlib.Path, json_summary: bool
+) -> None:
     good = tmp_path / "in" / "good.wav"
     write_wav(good)
     bad = tmp_path / "in" / "bad.wav"
@@ -109,9 +112,14 @@ def test_a_failed_item_gives_exit_1_and_is_listed(tmp_path: pathlib.Path) -> Non
         "--emulator-delay",
         "0",
         "--quiet",
+        *(["--json"] if json_summary else []),
     )
     assert status == 1
-    assert "1 of 2 items done, 1 failed" in out
+    if json_summary:
+        summary = json.loads(out)
+        assert (summary["done"], summary["failed"]) == (1, 1)
+    else:
+        assert "1 of 2 items done, 1 failed" in out
     assert f"FAILED {bad}" in err and "empty" in err
 
 
