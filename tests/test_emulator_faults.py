@@ -152,6 +152,34 @@ async def test_drop_after_create_is_ambiguous(
     assert emu.stats()["faults"]["drop_after_create"] == 1
 
 
+async def test_drop_after_create_counter(
+    emu: Emulator, http: aiohttp.ClientSession, asset: dict[str, Any]
+) -> None:
+    """``drop_after_create=N``: exactly the next N creations drop their answer, then none."""
+    emu.configure(drop_after_create=2)
+    dropped = 0
+    for i in range(4):
+        try:
+            async with http.post(
+                f"{emu.base_url}/tasks", json={**task_body(asset["id"]), "metadata": f"j{i}"}
+            ) as resp:
+                assert resp.status == 200
+                await resp.read()
+        except aiohttp.ServerDisconnectedError:
+            dropped += 1
+            assert i < 2
+    assert dropped == 2
+    async with http.get(f"{emu.base_url}/tasks") as resp:
+        assert len(await resp.json()) == 4
+    stats = emu.stats()
+    assert stats["faults"]["drop_after_create"] == 2
+    assert stats["drop_after_create_remaining"] == 0
+    # Setting it at run time re-arms the counter.
+    async with http.post(f"{emu.base_url}/_emulator/config", json={"drop_after_create": 1}):
+        pass
+    assert emu.stats()["drop_after_create_remaining"] == 1
+
+
 async def test_latency(emu: Emulator, http: aiohttp.ClientSession) -> None:
     emu.configure(latency=0.3, fault_routes=["GET /models"])
     started = time.monotonic()

@@ -415,9 +415,8 @@ class ApiHandlers:
         task.creation_snapshot = body_out
         store.add_task(task)
         self.processor.submit(task)
-        if faults.roll(cfg.drop_after_create_rate):
+        if faults.drop_after_create(cfg):
             # The ambiguous case: the task exists, but the client never learns its id.
-            faults.record("drop_after_create")
             return _drop(request)
         return web.json_response(body_out)
 

@@ -44,6 +44,7 @@ _HELP = {
     "fail_rate": "fraction of API requests answered 5xx",
     "drop_rate": "fraction of API requests whose connection is dropped",
     "drop_after_create_rate": "fraction of POST /tasks dropped after creating the task",
+    "drop_after_create": "the next N POST /tasks are dropped after creating the task",
     "truncate_rate": "fraction of CDN downloads cut after about half the bytes",
     "stale_rate": "fraction of GET /tasks/{id} answered with the creation snapshot",
     "latency": "extra seconds per API request",

@@ -139,6 +139,10 @@ class EmulatorConfig:
     drop_rate: float = attrs.field(default=0.0, validator=_fraction)
     #: Fraction of ``POST /tasks`` that create the task and then drop the connection.
     drop_after_create_rate: float = attrs.field(default=0.0, validator=_fraction)
+    #: Fault: the next N ``POST /tasks`` that reach creation create the task and then drop
+    #: the connection (on top of ``drop_after_create_rate``). Setting it at run time re-arms
+    #: the counter, so a test can be sure the ambiguous case happens.
+    drop_after_create: int = attrs.field(default=0, validator=_non_negative_int)
     #: Extra seconds added to every API request.
     latency: float = attrs.field(default=0.0, validator=_non_negative)
     #: Fraction of ``GET /tasks/{id}`` answered with the snapshot taken at creation.

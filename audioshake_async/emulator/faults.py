@@ -45,15 +45,30 @@ class FaultInjector:
         rng: random.Random,
         burst: int = 0,
         clock: Callable[[], float] = time.monotonic,
+        drops_after_create: int = 0,
     ) -> None:
         self._stats = stats
         self.rng = rng
         self.bucket = TokenBucket(clock)
         self.burst_remaining = burst
+        self.drops_after_create_remaining = drops_after_create
 
     def arm_burst(self, count: int) -> None:
         """Make the next ``count`` API requests answer 429."""
         self.burst_remaining = count
+
+    def arm_drops_after_create(self, count: int) -> None:
+        """Make the next ``count`` task creations drop their connection."""
+        self.drops_after_create_remaining = count
+
+    def drop_after_create(self, cfg: EmulatorConfig) -> bool:
+        """Whether this just-created task's answer is dropped (counter first, then the rate)."""
+        if self.drops_after_create_remaining > 0:
+            self.drops_after_create_remaining -= 1
+        elif not self.roll(cfg.drop_after_create_rate):
+            return False
+        self.record("drop_after_create")
+        return True
 
     def roll(self, rate: float) -> bool:
         """Seeded coin flip with probability ``rate``; no draw at all when the rate is 0."""

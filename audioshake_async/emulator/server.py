@@ -94,7 +94,12 @@ class Emulator:
         rt = Runtime(
             config=cfg,
             store=store,
-            faults=FaultInjector(store.stats, rng("faults"), burst=cfg.rate_limit_burst),
+            faults=FaultInjector(
+                store.stats,
+                rng("faults"),
+                burst=cfg.rate_limit_burst,
+                drops_after_create=cfg.drop_after_create,
+            ),
             signer=LinkSigner(),
             files=FileRegistry(),
             workdir=workdir,
@@ -198,7 +203,8 @@ class Emulator:
     def configure(self, **knobs: Any) -> EmulatorConfig:
         """Change knobs at run time (validated; unknown names raise ``TypeError``).
 
-        ``rate_limit_burst=N`` re-arms "the next N requests answer 429". Socket, seed and
+        ``rate_limit_burst=N`` re-arms "the next N requests answer 429" and
+        ``drop_after_create=N`` "the next N task creations drop their answer". Socket, seed and
         thread-pool knobs can only be set before start (``ValueError`` afterwards).
         """
         rt = self._rt
@@ -211,6 +217,8 @@ class Emulator:
         rt.config = _checked(rt.config.evolve(**knobs))
         if "rate_limit_burst" in knobs:
             rt.faults.arm_burst(rt.config.rate_limit_burst)
+        if "drop_after_create" in knobs:
+            rt.faults.arm_drops_after_create(rt.config.drop_after_create)
         return rt.config
 
     def expire_links(self) -> None:
@@ -227,6 +235,7 @@ class Emulator:
         rt = self._runtime()
         out = rt.store.snapshot_stats()
         out["rate_limit_burst_remaining"] = rt.faults.burst_remaining
+        out["drop_after_create_remaining"] = rt.faults.drops_after_create_remaining
         out["credits_remaining"] = rt.config.credits
         out["processing_tasks"] = self._processor.busy if self._processor else 0
         out["webhooks"]["pending"] = self._webhooks.busy if self._webhooks else 0
