@@ -16,10 +16,13 @@ import itertools
 import json
 import re
 import socket
+import types
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import anyio
 import attrs
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
@@ -422,3 +425,19 @@ class FakeCDN:
     def link(self, server: TestServer, key: str, token: str | None = None) -> str:
         url = f"{base_url(server)}/files/{key}"
         return f"{url}?token={token}" if token else url
+
+
+def record_sleeps(monkeypatch: pytest.MonkeyPatch, module: types.ModuleType) -> list[float]:
+    """Make ``module``'s ``anyio.sleep`` record its delay and sleep zero; returns the record.
+
+    Only sleep is replaced: the thread hops and cancel scopes stay anyio's own.
+    """
+    recorded: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        recorded.append(seconds)
+        await asyncio.sleep(0)
+
+    fake = types.SimpleNamespace(**{**vars(anyio), "sleep": fake_sleep})
+    monkeypatch.setattr(module, "anyio", fake)
+    return recorded

@@ -36,6 +36,20 @@ def run_cli(*argv: str, stdin: str | None = None) -> tuple[int, str, str]:
     return status, out.getvalue(), err.getvalue()
 
 
+def run_emulated(
+    *inputs: str | pathlib.Path,
+    out: pathlib.Path,
+    models: tuple[str, ...] = ("vocals",),
+    flags: tuple[str, ...] = ("--quiet",),
+    stdin: str | None = None,
+) -> tuple[int, str, str]:
+    """``run --emulator`` over ``inputs`` into ``out``, targets finishing at once."""
+    argv = ["run", "--emulator", *map(str, inputs)]
+    for model in models:
+        argv += ["-m", model]
+    return run_cli(*argv, "-o", str(out), "--emulator-delay", "0", *flags, stdin=stdin)
+
+
 def frames(path: pathlib.Path) -> tuple[int, int, int]:
     with wave.open(str(path), "rb") as handle:
         return handle.getnframes(), handle.getframerate(), handle.getnchannels()
@@ -44,19 +58,8 @@ def frames(path: pathlib.Path) -> tuple[int, int, int]:
 def test_main_job_writes_real_stems_for_the_sample_audio(tmp_path: pathlib.Path) -> None:
     samples = sorted(SAMPLES.glob("*.wav"))
     assert samples, "examples/audio holds the sample audio"
-    status, out, err = run_cli(
-        "run",
-        "--emulator",
-        str(SAMPLES),
-        "-m",
-        "vocals",
-        "-m",
-        "instrumental",
-        "-o",
-        str(tmp_path / "stems"),
-        "--emulator-delay",
-        "0",
-        "--quiet",
+    status, out, err = run_emulated(
+        SAMPLES, out=tmp_path / "stems", models=("vocals", "instrumental")
     )
     assert status == 0, err
     assert f"{len(samples)} of {len(samples)} items done, 0 failed" in out
@@ -67,26 +70,17 @@ def test_main_job_writes_real_stems_for_the_sample_audio(tmp_path: pathlib.Path)
 
 
 def test_json_summary_and_resume(tmp_path: pathlib.Path) -> None:
-    args = [
-        "run",
-        "--emulator",
-        str(SAMPLES),
-        "-m",
-        "drums",
-        "-o",
-        str(tmp_path / "o"),
-        "--emulator-delay",
-        "0",
-        "--json",
-    ]
-    status, out, _ = run_cli(*args)
+    def run() -> tuple[int, str, str]:
+        return run_emulated(SAMPLES, out=tmp_path / "o", models=("drums",), flags=("--json",))
+
+    status, out, _ = run()
     summary = json.loads(out)
     assert status == 0
     assert summary["done"] == summary["items"] == len(list(SAMPLES.glob("*.wav")))
     assert summary["api_requests"]["POST /tasks"] == summary["items"]
     assert all(pathlib.Path(f).exists() for r in summary["results"] for f in r["files"])
     # A second run against a new emulator: the journal says everything is done.
-    status, out, _ = run_cli(*args)
+    status, out, _ = run()
     again = json.loads(out)
     assert status == 0 and again["skipped"] == again["items"]
     assert "POST /assets" not in again["api_requests"]
@@ -100,20 +94,8 @@ def test_a_failed_item_gives_exit_1_and_is_listed(
     write_wav(good)
     bad = tmp_path / "in" / "bad.wav"
     bad.write_bytes(b"")
-    status, out, err = run_cli(
-        "run",
-        "--emulator",
-        str(good),
-        str(bad),
-        "-m",
-        "vocals",
-        "-o",
-        str(tmp_path / "o"),
-        "--emulator-delay",
-        "0",
-        "--quiet",
-        *(["--json"] if json_summary else []),
-    )
+    flags = ("--quiet", "--json") if json_summary else ("--quiet",)
+    status, out, err = run_emulated(good, bad, out=tmp_path / "o", flags=flags)
     assert status == 1
     if json_summary:
         summary = json.loads(out)
@@ -127,19 +109,7 @@ def test_paths_from_stdin(tmp_path: pathlib.Path) -> None:
     paths = [tmp_path / f"s{i}.wav" for i in range(2)]
     for i, path in enumerate(paths):
         write_wav(path, seed=i)
-    status, out, _ = run_cli(
-        "run",
-        "--emulator",
-        "-",
-        "-m",
-        "vocals",
-        "-o",
-        str(tmp_path / "o"),
-        "--emulator-delay",
-        "0",
-        "--quiet",
-        stdin="\n".join(map(str, paths)) + "\n",
-    )
+    status, out, _ = run_emulated("-", out=tmp_path / "o", stdin="\n".join(map(str, paths)) + "\n")
     assert status == 0
     assert "2 of 2 items done" in out
 
@@ -271,19 +241,8 @@ def test_the_same_input_twice_is_processed_once(tmp_path: pathlib.Path) -> None:
     source = tmp_path / "in" / "a.wav"
     write_wav(source)
     write_wav(tmp_path / "in" / "b.wav", seed=1)
-    status, out, err = run_cli(
-        "run",
-        "--emulator",
-        str(tmp_path / "in"),
-        str(source),
-        str(source),
-        "-m",
-        "vocals",
-        "-o",
-        str(tmp_path / "o"),
-        "--emulator-delay",
-        "0",
-        "--json",
+    status, out, err = run_emulated(
+        tmp_path / "in", source, source, out=tmp_path / "o", flags=("--json",)
     )
     assert status == 0, err
     summary = json.loads(out)
@@ -311,18 +270,7 @@ def test_unreadable_subdirectory_is_a_failed_item_with_its_reason(
         return real_list_dir(path)
 
     monkeypatch.setattr(inputs, "_list_dir", list_dir)
-    status, out, err = run_cli(
-        "run",
-        "--emulator",
-        str(tmp_path / "in"),
-        "-m",
-        "vocals",
-        "-o",
-        str(tmp_path / "o"),
-        "--emulator-delay",
-        "0",
-        "--quiet",
-    )
+    status, out, err = run_emulated(tmp_path / "in", out=tmp_path / "o")
     assert status == 1
     assert "2 of 3 items done, 1 failed" in out
     assert f"FAILED {locked}: cannot read directory: Permission denied" in err

@@ -8,10 +8,8 @@ import hashlib
 import os
 import pathlib
 from collections.abc import AsyncIterator
-from types import SimpleNamespace
 from typing import Any
 
-import anyio
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -30,6 +28,7 @@ from ._servers import (
     Seen,
     api_client,
     base_url,
+    record_sleeps,
     serve,
     task_json,
 )
@@ -239,16 +238,7 @@ class RetryAfterCDN(FakeCDN):
 @pytest.fixture
 def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """The delays downloads chose between attempts (slept as zero, so tests stay fast)."""
-    recorded: list[float] = []
-
-    async def fake_sleep(seconds: float) -> None:
-        recorded.append(seconds)
-        await asyncio.sleep(0)
-
-    # Only sleep is replaced: the thread hops and cancel scopes stay anyio's own.
-    fake = SimpleNamespace(**{**vars(anyio), "sleep": fake_sleep})
-    monkeypatch.setattr(_download, "anyio", fake)
-    return recorded
+    return record_sleeps(monkeypatch, _download)
 
 
 @pytest.mark.parametrize("status", [503, 429])

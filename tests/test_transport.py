@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -15,7 +14,16 @@ from audioshake_async import _transport, errors
 from audioshake_async._protocol import RetryPolicy
 from audioshake_async._transport import Retry, Timeouts, Transport, _connection_error
 
-from ._servers import API_KEY, FakeAPI, base_url, drop_connection, free_port, json_response, serve
+from ._servers import (
+    API_KEY,
+    FakeAPI,
+    base_url,
+    drop_connection,
+    free_port,
+    json_response,
+    record_sleeps,
+    serve,
+)
 
 FAST = RetryPolicy(max_retries=3, base_delay=0.01, max_delay=0.05)
 
@@ -23,14 +31,7 @@ FAST = RetryPolicy(max_retries=3, base_delay=0.01, max_delay=0.05)
 @pytest.fixture
 def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """The backoff delays the transport chose (slept as zero, so tests stay fast)."""
-    recorded: list[float] = []
-
-    async def fake_sleep(seconds: float) -> None:
-        recorded.append(seconds)
-        await asyncio.sleep(0)
-
-    monkeypatch.setattr(_transport, "anyio", SimpleNamespace(sleep=fake_sleep))
-    return recorded
+    return record_sleeps(monkeypatch, _transport)
 
 
 def make_transport(url: str, **kwargs: Any) -> Transport:
