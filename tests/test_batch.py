@@ -577,6 +577,13 @@ def test_directory_names_for_many_inputs_with_one_stem(tmp_path: pathlib.Path) -
     assert len(set(names)) == 3000 and names[:3] == ["audio", "audio-2", "audio-3"]
     assert journal.claim_dir("/catalog/7/audio.wav", "audio") == names[7]  # stable
     assert journal.claim_dir("/other/audio-3.wav", "audio-3") == "audio-3-2"
+    # The next suffix is remembered, so the 3001st name is found at the first try...
+    (counter,) = journal._db.execute("SELECT next FROM stems WHERE stem='audio'").fetchone()
+    assert counter == 3001
+    # ...and a journal written before the counter existed still finds the first free name.
+    journal._db.execute("DELETE FROM stems")
+    assert journal.claim_dir("/catalog/new/audio.wav", "audio") == "audio-3001"
+    assert journal.claim_dir("/catalog/newer/audio.wav", "audio") == "audio-3002"
     journal.close()
 
 

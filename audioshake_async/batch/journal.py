@@ -234,23 +234,21 @@ class SqliteJournal:
             # k suffixes for its k-th file (quadratic). Older journals have no counter yet: the
             # insert loop below still finds the first free name.
             counted = self._db.execute("SELECT next FROM stems WHERE stem=?", (stem,)).fetchone()
-            counter = int(counted[0]) if counted is not None else 2
-            candidate = stem if counted is None else f"{stem}-{counter}"
+            # None = the bare stem, else the "-<number>" suffix to try.
+            number: int | None = int(counted[0]) if counted is not None else None
             while True:
+                candidate = stem if number is None else f"{stem}-{number}"
                 try:
                     self._db.execute(
                         "INSERT INTO dirs(name, source) VALUES (?, ?)", (candidate, source)
                     )
                 except sqlite3.IntegrityError:
-                    candidate = f"{stem}-{counter}"
-                    counter += 1
+                    number = 2 if number is None else number + 1
                     continue
-                if candidate != stem:
-                    counter = max(counter, int(candidate.rsplit("-", 1)[1]) + 1)
                 self._db.execute(
                     "INSERT INTO stems(stem, next) VALUES (?, ?)"
                     " ON CONFLICT(stem) DO UPDATE SET next=excluded.next",
-                    (stem, counter),
+                    (stem, 2 if number is None else number + 1),
                 )
                 return candidate
 
