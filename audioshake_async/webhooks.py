@@ -146,9 +146,8 @@ class WebhookReceiver:
         site = web.TCPSite(runner, host, port)
         try:
             await site.start()
-            server = site._server
-            sockets = getattr(server, "sockets", None) or []
-            bound = sockets[0].getsockname()[1] if sockets else port
+            # The bound port (``port=0`` picks a free one); ``addresses`` is public API.
+            bound = runner.addresses[0][1] if runner.addresses else port
             shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
             self.base_url = f"http://{shown}:{bound}"
             yield self.base_url
