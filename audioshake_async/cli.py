@@ -516,12 +516,11 @@ class RunSummary:
             self.skipped += 1
         if not result.ok:
             self.failed += 1
+            self.failures.append((result.input, error))
         if self.keep_records:
             task_id = result.task.id if result.task else None
             files = tuple(str(p) for p in result.files)
             self.records.append((result.input, result.status, task_id, files, error))
-        if not result.ok:
-            self.failures.append((result.input, error))
 
     def write_json(self, out: TextIO, requests: dict[str, int]) -> None:
         """The ``--json`` summary, byte for byte ``json.dumps(summary, indent=2)``."""

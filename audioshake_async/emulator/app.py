@@ -17,7 +17,6 @@ import hmac
 import ipaddress
 import json
 import logging
-import shutil
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Protocol
 
@@ -29,7 +28,7 @@ from .cdn import FileEntry
 from .config import EmulatorConfig
 from .errors import ApiError, error_response
 from .processing import Processor
-from .runtime import Runtime
+from .runtime import Runtime, remove_tree
 from .state import Asset, Target, Task
 from .validation import parse_int_param, parse_task, parse_webhook
 
@@ -170,12 +169,6 @@ def _delete_asset_files(paths: list[Path]) -> None:
         # Only the asset's own folder, and only once empty: never more than was created.
         with contextlib.suppress(OSError):
             path.parent.rmdir()
-
-
-def _remove_upload(folder: Path) -> None:
-    """Delete an upload's folder and whatever is in it (runs in a worker thread)."""
-    # ignore_errors: cleanup runs while another error propagates and must not replace it.
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 class ApiHandlers:
@@ -336,9 +329,10 @@ class ApiHandlers:
                 await fh.close()
         except BaseException:
             # Over the limit, client gone, cancelled, or the disk failed: no partial file
-            # stays behind. Shielded: a second cancellation must not leave the file either.
+            # stays behind. remove_tree is shielded: a second cancellation must not leave it.
+            # Errors ignored: cleanup runs while another error propagates, never replaces it.
             with contextlib.suppress(Exception):
-                await asyncio.shield(asyncio.to_thread(_remove_upload, folder))
+                await remove_tree(folder)
             raise
         now = self.rt.clock()
         mime = part_type.split(";")[0].strip() if part_type else ""
