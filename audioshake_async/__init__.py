@@ -9,10 +9,10 @@ Quick start::
         files = await client.download(task, "stems")
 """
 
-from ._download import DownloadedFile
-from ._protocol import PollPolicy, RetryPolicy
 from ._version import __version__
 from .client import AudioShake
+from .core.download import DownloadedFile
+from .core.http import PollPolicy, RetryPolicy
 from .errors import (
     AmbiguousRequestError,
     APIConnectionError,

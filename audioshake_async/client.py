@@ -15,15 +15,25 @@ import aiohttp
 import anyio
 
 from . import errors
-from ._download import DownloadedFile, DownloadProgress, fetch_to_file
-from ._protocol import (
-    DEFAULT_BASE_URL,
-    DEFAULT_RATE_LIMIT,
-    MAX_PAGE_SIZE,
-    PollPolicy,
-    RetryPolicy,
-    build_create_task_body,
+from .core.download import DownloadedFile, DownloadProgress, fetch_to_file
+from .core.files import safe_filename
+from .core.http import DEFAULT_RATE_LIMIT, PollPolicy, RetryPolicy, structure_as
+from .core.transport import Retry, Timeouts, Transport
+from .core.upload import ProgressCallback, prepare_upload
+from .models import (
+    Asset,
+    Model,
+    Output,
+    Target,
+    Task,
+    UsageMonth,
+    Webhook,
     merge_task_snapshot,
+)
+from .tasks.wire import (
+    DEFAULT_BASE_URL,
+    MAX_PAGE_SIZE,
+    build_create_task_body,
     parse_asset,
     parse_assets,
     parse_models,
@@ -31,13 +41,9 @@ from ._protocol import (
     parse_tasks,
     parse_usage,
     parse_webhooks,
-    safe_filename,
-    structure_as,
     validate_page,
+    validate_upload,
 )
-from ._transport import Retry, Timeouts, Transport
-from ._upload import ProgressCallback, prepare_upload
-from .models import MAX_UPLOAD_BYTES, Asset, Model, Output, Target, Task, UsageMonth, Webhook
 
 if TYPE_CHECKING:
     from .batch import BatchResult, ProgressHook
@@ -72,7 +78,7 @@ class AssetsResource:
         The file is checked first (exists, regular, not empty, at most 2 GB, a documented input
         type); a failed attempt is retried with the file read again from its start.
         """
-        prepared = await prepare_upload(source, filename=filename, max_bytes=MAX_UPLOAD_BYTES)
+        prepared = await prepare_upload(source, filename=filename, check=validate_upload)
         data = await self._transport.request(
             "POST",
             "/assets",

@@ -8,7 +8,7 @@ from the Jobs API").
 Differences from the Tasks API, all handled here:
 
 - host ``https://groovy.audioshake.ai`` and ``Authorization: Bearer <token>`` (a JWT from
-  support), sent by the shared :class:`~audioshake_async._transport.Transport`, so only to the
+  support), sent by the shared :class:`~audioshake_async.core.transport.Transport`, so only to the
   API's origin and never in a repr, a log line or an exception;
 - one job = one model x one format x one asset; responses are wrapped in ``{"job": {...}}``;
 - statuses ``created``/``queued``/``processing`` then ``completed``, or ``failed``/``error``;
@@ -49,17 +49,12 @@ import attrs
 
 from . import errors
 from ._convert import parse_datetime
-from ._download import DownloadedFile, DownloadProgress, fetch_to_file
-from ._protocol import (
-    DEFAULT_RATE_LIMIT,
-    PollPolicy,
-    RetryPolicy,
-    redact_url,
-    structure_as,
-)
-from ._transport import Retry, Timeouts, Transport
-from ._upload import ProgressCallback, prepare_upload
-from .models import MAX_UPLOAD_BYTES, Output, Target, TargetError, TargetResult, Task
+from .core.download import DownloadedFile, DownloadProgress, fetch_to_file
+from .core.http import DEFAULT_RATE_LIMIT, PollPolicy, RetryPolicy, redact_url, structure_as
+from .core.transport import Retry, Timeouts, Transport
+from .core.upload import ProgressCallback, prepare_upload
+from .models import Output, Target, TargetError, TargetResult, Task
+from .tasks.wire import validate_upload
 
 if TYPE_CHECKING:
     from .batch.provider import BatchProvider
@@ -511,7 +506,7 @@ class LegacyClient:
         Checked before any request (exists, regular, not empty, at most 2 GB, known type); each
         attempt re-reads the file from its start.
         """
-        prepared = await prepare_upload(source, filename=filename, max_bytes=MAX_UPLOAD_BYTES)
+        prepared = await prepare_upload(source, filename=filename, check=validate_upload)
         data = await self._transport.request(
             "POST",
             "/upload/",

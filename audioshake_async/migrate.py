@@ -31,8 +31,8 @@ from typing import Any
 import attrs
 
 from . import errors
-from ._protocol import build_create_task_body
 from .models import MAX_TARGETS_PER_TASK, Target
+from .tasks.wire import build_create_task_body
 
 __all__ = [
     "MigrationNote",

@@ -32,6 +32,7 @@ __all__ = [
     "Task",
     "UsageMonth",
     "Webhook",
+    "merge_task_snapshot",
 ]
 
 #: Documented ceiling of ``POST /assets`` ("Maximum file size is 2GB").
@@ -251,3 +252,27 @@ class Webhook:
     id: str
     url: str | None = None
     created_at: dt.datetime | None = None
+
+
+def merge_task_snapshot(old: Task | None, new: Task) -> Task:
+    """Keep the newer view of each target: a stale snapshot never un-finishes a target.
+
+    Deliveries and polls can arrive out of order; a target seen terminal stays terminal.
+    """
+    if old is None or old.id != new.id:
+        return new
+    known = {t.id: t for t in old.targets}
+    merged = []
+    changed = False
+    for target in new.targets:
+        previous = known.get(target.id)
+        if previous is not None and previous.is_terminal and not target.is_terminal:
+            merged.append(previous)
+            changed = True
+        else:
+            merged.append(target)
+    if not changed:
+        return new
+    return attrs.evolve(
+        new, targets=tuple(merged), completed_at=new.completed_at or old.completed_at
+    )

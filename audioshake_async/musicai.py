@@ -1,6 +1,6 @@
 """Music.AI: an asyncio client of the Music.AI API, and its provider for the batch engine.
 
-Built on the same :class:`~audioshake_async._transport.Transport` as the AudioShake client, so
+Built on the same :class:`~audioshake_async.core.transport.Transport` as the AudioShake client, so
 it inherits one pooled session, the shared client-side rate limiter, retries with
 ``Retry-After`` on idempotent calls, this package's error classes, and the rule that the API key
 goes to the API origin only (never to the signed storage host that takes uploads and serves
@@ -30,13 +30,11 @@ import mimetypes
 import os
 import pathlib
 import random
-import stat as stat_module
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-import aiofiles.os
 import aiohttp
 import anyio
 import anyio.to_thread
@@ -44,11 +42,11 @@ import attrs
 from multidict import MultiDict
 
 from . import errors
-from ._download import DownloadedFile, DownloadProgress, fetch_to_file
-from ._protocol import DEFAULT_RATE_LIMIT, PollPolicy, RetryPolicy, structure_as
-from ._transport import Retry, Timeouts, Transport
-from ._upload import ProgressCallback, UploadSource, _ChunkedPayload
 from .client import plan_output_paths
+from .core.download import DownloadedFile, DownloadProgress, fetch_to_file
+from .core.http import DEFAULT_RATE_LIMIT, PollPolicy, RetryPolicy, structure_as
+from .core.transport import Retry, Timeouts, Transport
+from .core.upload import ChunkedPayload, ProgressCallback, prepare_upload
 from .models import DOCUMENTED_INPUT_EXTENSIONS, Output, Target, TargetError, TargetResult, Task
 
 if TYPE_CHECKING:
@@ -325,21 +323,12 @@ def _content_type_for(name: str) -> str:
     )
 
 
-async def _prepare_path(path: str | os.PathLike[str]) -> UploadSource:
-    """Check a file before any request; Music.AI documents no list of input types or size cap
-    (the workflow judges the file), so only existence, regularity and emptiness are checked."""
-    source = pathlib.Path(path)
-    try:
-        info = await aiofiles.os.stat(source)
-    except FileNotFoundError:
-        raise errors.ValidationError(f"{str(source)!r} does not exist") from None
-    except OSError as exc:
-        raise errors.ValidationError(f"{str(source)!r} cannot be read: {exc.strerror}") from None
-    if not stat_module.S_ISREG(info.st_mode):
-        raise errors.ValidationError(f"{str(source)!r} is not a regular file")
-    if info.st_size <= 0:
-        raise errors.ValidationError(f"{source.name!r} is empty")
-    return UploadSource(source.name, info.st_size, _content_type_for(source.name), path=source)
+def check_upload(filename: str, size: int) -> str:
+    """Music.AI's rule for an upload: not empty. It documents no list of input types and no
+    size cap (the workflow judges the file), so any type goes, with a guessed content type."""
+    if size <= 0:
+        raise errors.ValidationError(f"{filename!r} is empty")
+    return _content_type_for(filename)
 
 
 def _write_json_atomic(path: pathlib.Path, data: Any) -> tuple[int, str]:
@@ -672,7 +661,7 @@ class MusicAI:
         ``Content-Length``. A failed PUT is retried with the file read again from its start.
         The storage host never sees the API key.
         """
-        source = await _prepare_path(path)
+        source = await prepare_upload(path, check=check_upload)
         if self.upload_content_type is not None:
             source = attrs.evolve(source, content_type=self.upload_content_type)
         data = await self._transport.request("GET", "/upload", route="GET /upload")
@@ -688,7 +677,7 @@ class MusicAI:
                 "PUT",
                 upload_url,
                 route="PUT <upload>",
-                body_factory=lambda: _ChunkedPayload(source, progress),
+                body_factory=lambda: ChunkedPayload(source, progress),
                 transfer=True,
             )
         return download_url

@@ -32,8 +32,8 @@ import attrs
 from aiohttp import web
 
 from . import errors
-from ._protocol import parse_task
 from .models import Task
+from .tasks.wire import parse_task
 
 __all__ = ["DeliveryListener", "DeliveryOutcome", "WebhookReceiver", "WebhookStats"]
 

@@ -18,8 +18,9 @@ from typing import Any
 import anyio
 import pytest
 
-from audioshake_async import AudioShake, PollPolicy, RetryPolicy, Target, Task, _download, errors
-from audioshake_async._transport import Retry
+from audioshake_async import AudioShake, PollPolicy, RetryPolicy, Target, Task, errors
+from audioshake_async.core import download as _download
+from audioshake_async.core.transport import Retry
 from audioshake_async.emulator import Emulator
 
 from .conftest import FAST_RETRY

@@ -15,9 +15,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
 
-from audioshake_async import RetryPolicy, _download, errors
-from audioshake_async._download import MAX_LINK_REFRESHES, WRITE_BATCH, fetch_to_file
-from audioshake_async._transport import Transport
+from audioshake_async import RetryPolicy, errors
+from audioshake_async.core import download as _download
+from audioshake_async.core.download import MAX_LINK_REFRESHES, WRITE_BATCH, fetch_to_file
+from audioshake_async.core.transport import Transport
 
 from ._servers import (
     API_KEY,

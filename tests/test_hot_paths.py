@@ -18,12 +18,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from audioshake_async import _download
 from audioshake_async._convert import make_converter
-from audioshake_async._download import fetch_to_file
-from audioshake_async._protocol import parse_task, same_origin, structure_as
-from audioshake_async._transport import Transport
+from audioshake_async.core import download as _download
+from audioshake_async.core.download import fetch_to_file
+from audioshake_async.core.http import same_origin, structure_as
+from audioshake_async.core.transport import Transport
 from audioshake_async.models import Model, TargetError, UsageMonth
+from audioshake_async.tasks.wire import parse_task
 
 from ._servers import API_KEY, Blob, FakeAPI, FakeCDN, base_url, serve
 
@@ -198,7 +199,7 @@ async def test_download_whose_rename_fails_leaves_no_part_file(tmp_path: pathlib
 async def test_request_debug_line_only_built_when_debug_is_on(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from audioshake_async import _transport
+    from audioshake_async.core import transport as _transport
 
     redacted: list[str] = []
     real = _transport.redact_url

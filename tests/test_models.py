@@ -23,14 +23,6 @@ from audioshake_async._convert import (
     structure,
     unstructure,
 )
-from audioshake_async._protocol import (
-    parse_asset,
-    parse_assets,
-    parse_models,
-    parse_task,
-    parse_tasks,
-    parse_usage,
-)
 from audioshake_async.models import (
     Asset,
     Model,
@@ -43,6 +35,14 @@ from audioshake_async.models import (
     Task,
     UsageMonth,
     Webhook,
+)
+from audioshake_async.tasks.wire import (
+    parse_asset,
+    parse_assets,
+    parse_models,
+    parse_task,
+    parse_tasks,
+    parse_usage,
 )
 
 SEEDS = pathlib.Path("/work/shared/api/seeds")
@@ -413,7 +413,7 @@ def test_usage_minutes_string_is_decimal() -> None:
 
 
 def test_error_body_example_is_json() -> None:
-    from audioshake_async._protocol import error_for_status
+    from audioshake_async.core.http import error_for_status
 
     body = {"statusCode": 400, "error": "Bad Request", "message": "Insufficient credits"}
     exc = error_for_status(400, body)
@@ -468,7 +468,7 @@ def test_seed_examples_parse(seed: str) -> None:
             assert task.targets[0].output[0].name == "<string>"
             parsed += 1
         elif isinstance(obj, dict) and "targets" in obj:
-            from audioshake_async._protocol import build_create_task_body
+            from audioshake_async.tasks.wire import build_create_task_body
 
             request = [Target(t["model"], t["formats"]) for t in obj["targets"]]
             body = build_create_task_body(targets=request, asset_id=obj["assetId"])

@@ -392,7 +392,7 @@ async def test_key_and_signatures_stay_out_of_logs_and_errors(
             await client.download(parse_job({**emu.job(job.id), "status": "FAILED"}), tmp_path)
         stale = await client.outputs(job)
         with contextlib.suppress(Exception):
-            from audioshake_async._download import fetch_to_file
+            from audioshake_async.core.download import fetch_to_file
 
             await fetch_to_file(client.transport, stale[0].link, tmp_path / "x.wav")
     wrong = MusicAI("mai-key-ZEBRA-wrong-0000", emu.base_url, retry=FAST_RETRY)

@@ -10,25 +10,26 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from audioshake_async import errors
-from audioshake_async._protocol import (
+from audioshake_async.core.files import safe_filename
+from audioshake_async.core.http import (
     PollPolicy,
     RetryPolicy,
-    build_create_task_body,
-    content_type_for,
     decode_body,
     error_for_status,
     is_retryable_status,
-    merge_task_snapshot,
     normalize_base_url,
     parse_retry_after,
     redact_url,
-    safe_filename,
     same_origin,
+)
+from audioshake_async.models import Output, Target, TargetResult, Task, merge_task_snapshot
+from audioshake_async.tasks.wire import (
+    build_create_task_body,
+    content_type_for,
     validate_page,
     validate_targets,
     validate_upload,
 )
-from audioshake_async.models import Output, Target, TargetResult, Task
 
 NOW = dt.datetime(2026, 3, 25, 12, 0, 0, tzinfo=dt.timezone.utc)
 

@@ -8,8 +8,8 @@ import math
 
 import pytest
 
-from audioshake_async import _ratelimit
-from audioshake_async._ratelimit import RateLimiter
+from audioshake_async.core import ratelimit as _ratelimit
+from audioshake_async.core.ratelimit import RateLimiter
 
 
 class FakeClock:

@@ -10,9 +10,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from audioshake_async import _transport, errors
-from audioshake_async._protocol import RetryPolicy
-from audioshake_async._transport import Retry, Timeouts, Transport, _connection_error
+from audioshake_async import errors
+from audioshake_async.core import transport as _transport
+from audioshake_async.core.http import RetryPolicy
+from audioshake_async.core.transport import Retry, Timeouts, Transport, _connection_error
 
 from ._servers import (
     API_KEY,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -11,10 +12,21 @@ from typing import Any
 import pytest
 
 from audioshake_async import RetryPolicy, errors
-from audioshake_async._upload import CHUNK_SIZE, prepare_upload
+from audioshake_async.core.upload import CHUNK_SIZE, UploadSource
+from audioshake_async.core.upload import prepare_upload as prepare_with_check
 from audioshake_async.models import MAX_UPLOAD_BYTES
+from audioshake_async.tasks.wire import validate_upload
 
 from ._servers import API_KEY, FakeAPI, api_client
+
+
+async def prepare_upload(
+    source: Any, *, filename: str | None = None, max_bytes: int = MAX_UPLOAD_BYTES
+) -> UploadSource:
+    """``prepare_upload`` with the Tasks API's rule (what ``assets.upload`` applies)."""
+    check = functools.partial(validate_upload, max_bytes=max_bytes)
+    return await prepare_with_check(source, filename=filename, check=check)
+
 
 FAST = RetryPolicy(max_retries=3, base_delay=0.01, max_delay=0.05)
 SIZE = 3 * CHUNK_SIZE + 12345  # several chunks and a ragged tail

@@ -51,15 +51,11 @@ import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .. import errors
-from .._protocol import (
-    MAX_PAGE_SIZE,
-    PollPolicy,
-    merge_task_snapshot,
-    safe_filename,
-    validate_targets,
-)
-from .._upload import prepare_upload
-from ..models import MAX_METADATA_LENGTH, Output, Target, Task
+from ..core.files import safe_filename
+from ..core.http import PollPolicy
+from ..core.upload import prepare_upload
+from ..models import MAX_METADATA_LENGTH, Output, Target, Task, merge_task_snapshot
+from ..tasks.wire import MAX_PAGE_SIZE, validate_targets, validate_upload
 from .events import (
     BatchEvent,
     BatchResult,
@@ -363,7 +359,7 @@ class _Pipeline:
         try:
             record = await self.journal.call(journal.lookup, source, self.signature)
             if not is_url:
-                prepared = await prepare_upload(source)
+                prepared = await prepare_upload(source, check=validate_upload)
                 stat = await anyio.to_thread.run_sync(os.stat, source)
                 item.size, item.mtime_ns = prepared.size, stat.st_mtime_ns
                 record = await self._check_content(item, record)

@@ -13,8 +13,8 @@ import pathlib
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from .._download import DownloadedFile
-from .._protocol import PollPolicy, RetryPolicy
+from ..core.download import DownloadedFile
+from ..core.http import PollPolicy, RetryPolicy
 from ..models import Output, Target, Task
 
 if TYPE_CHECKING:

@@ -30,8 +30,9 @@ import aiohttp
 import anyio
 import attrs
 
-from . import errors
-from ._protocol import (
+from .. import errors
+from .._version import __version__
+from .http import (
     DEFAULT_RATE_LIMIT,
     RetryPolicy,
     decode_body,
@@ -42,8 +43,7 @@ from ._protocol import (
     parse_retry_after,
     redact_url,
 )
-from ._ratelimit import RateLimiter
-from ._version import __version__
+from .ratelimit import RateLimiter
 
 __all__ = ["DownloadResponse", "Retry", "Timeouts", "Transport"]
 

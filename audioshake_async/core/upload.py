@@ -22,11 +22,13 @@ from aiohttp import MultipartWriter, hdrs
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.payload import Payload
 
-from . import errors
-from ._protocol import validate_upload
-from .models import MAX_UPLOAD_BYTES
+from .. import errors
 
-__all__ = ["ProgressCallback", "UploadSource", "prepare_upload"]
+__all__ = ["ProgressCallback", "UploadCheck", "UploadSource", "prepare_upload"]
+
+#: A service's rule for one upload: ``(file name, size) -> content type``, raising
+#: :class:`~audioshake_async.errors.ValidationError` for a file the service does not take.
+UploadCheck = Callable[[str, int], str]
 
 #: Called with (bytes sent so far in this attempt, total bytes).
 ProgressCallback = Callable[[int, int], None]
@@ -36,7 +38,7 @@ CHUNK_SIZE = 1 << 20
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 
 
-class _ChunkedPayload(Payload):
+class ChunkedPayload(Payload):
     """A payload read chunk by chunk from a fresh source, reporting progress."""
 
     def __init__(self, source: UploadSource, progress: ProgressCallback | None) -> None:
@@ -117,7 +119,7 @@ class UploadSource:
     def multipart(self, progress: ProgressCallback | None = None) -> MultipartWriter:
         """A fresh ``multipart/form-data`` body with the file in field ``file``."""
         writer = MultipartWriter("form-data")
-        payload = _ChunkedPayload(self, progress)
+        payload = ChunkedPayload(self, progress)
         # aiohttp's default quoting percent-encodes the file name ("my song.wav" arrives as
         # "my%20song.wav": RFC 7578 servers take it literally). Send UTF-8 as curl and browsers
         # do, with control characters replaced so a name cannot break the part's headers.
@@ -134,15 +136,16 @@ class UploadSource:
 async def prepare_upload(
     source: str | os.PathLike[str] | bytes | BinaryIO,
     *,
+    check: UploadCheck,
     filename: str | None = None,
-    max_bytes: int = MAX_UPLOAD_BYTES,
 ) -> UploadSource:
-    """Check an upload before any request: exists, is a file, not empty, not too big, known type."""
+    """Check an upload before any request: a readable regular file (or bytes, or a seekable
+    file object) that the service's ``check`` accepts by name and size."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         if not filename:
             raise errors.ValidationError("uploading bytes needs a filename (for its type)")
         data = bytes(source)
-        content_type = validate_upload(filename, len(data), max_bytes=max_bytes)
+        content_type = check(filename, len(data))
         return UploadSource(filename, len(data), content_type, data=data)
     if isinstance(source, (str, os.PathLike)):
         path = pathlib.Path(source)
@@ -155,7 +158,7 @@ async def prepare_upload(
         if not stat_module.S_ISREG(stat.st_mode):
             raise errors.ValidationError(f"{str(path)!r} is not a regular file")
         name = filename or path.name
-        content_type = validate_upload(name, stat.st_size, max_bytes=max_bytes)
+        content_type = check(name, stat.st_size)
         return UploadSource(name, stat.st_size, content_type, path=path)
     if hasattr(source, "read"):
         name = filename or os.path.basename(str(getattr(source, "name", "") or ""))
@@ -169,7 +172,7 @@ async def prepare_upload(
         start = source.tell()
         size = source.seek(0, io.SEEK_END) - start
         source.seek(start)
-        content_type = validate_upload(name, size, max_bytes=max_bytes)
+        content_type = check(name, size)
         return UploadSource(name, size, content_type, fileobj=source, start=start)
     raise errors.ValidationError(
         f"cannot upload a {type(source).__name__}: give a path, bytes or a binary file"

@@ -25,9 +25,9 @@ import anyio
 import anyio.to_thread
 import attrs
 
-from . import errors
-from ._protocol import RetryPolicy, is_retryable_status, parse_retry_after, redact_url
-from ._transport import Transport
+from .. import errors
+from .http import RetryPolicy, is_retryable_status, parse_retry_after, redact_url
+from .transport import Transport
 
 __all__ = ["DownloadedFile", "fetch_to_file"]
 

@@ -1,0 +1,1 @@
+"""The AudioShake Tasks API: wire rules, resources, the client, its batch provider, webhooks."""
