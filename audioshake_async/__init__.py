@@ -10,7 +10,6 @@ Quick start::
 """
 
 from ._version import __version__
-from .client import AudioShake
 from .core.download import DownloadedFile
 from .core.http import PollPolicy, RetryPolicy
 from .errors import (
@@ -48,6 +47,7 @@ from .models import (
     UsageMonth,
     Webhook,
 )
+from .tasks.client import AudioShake
 
 __all__ = [
     "APIConnectionError",

@@ -16,6 +16,8 @@ from typing import Any
 
 import attrs
 
+from . import errors
+
 __all__ = [
     "DOCUMENTED_INPUT_EXTENSIONS",
     "MAX_METADATA_LENGTH",
@@ -33,6 +35,7 @@ __all__ = [
     "UsageMonth",
     "Webhook",
     "merge_task_snapshot",
+    "validate_targets",
 ]
 
 #: Documented ceiling of ``POST /assets`` ("Maximum file size is 2GB").
@@ -276,3 +279,35 @@ def merge_task_snapshot(old: Task | None, new: Task) -> Task:
     return attrs.evolve(
         new, targets=tuple(merged), completed_at=new.completed_at or old.completed_at
     )
+
+
+def validate_targets(targets: Sequence[Target]) -> tuple[Target, ...]:
+    """Check a target list before ``POST /tasks``: 1..20 targets, each with a model and formats."""
+    if isinstance(targets, Target):
+        targets = [targets]
+    result = tuple(targets)
+    if not result:
+        raise errors.ValidationError("a task needs at least one target")
+    if len(result) > MAX_TARGETS_PER_TASK:
+        raise errors.ValidationError(
+            f"a task takes at most {MAX_TARGETS_PER_TASK} targets, got {len(result)}"
+        )
+    seen: set[tuple[str, str | None]] = set()
+    for target in result:
+        if not isinstance(target, Target):
+            raise errors.ValidationError(f"targets must be Target objects, got {target!r}")
+        if not target.model or not target.model.strip():
+            raise errors.ValidationError("a target needs a model name")
+        if not target.formats or any(not f or not f.strip() for f in target.formats):
+            raise errors.ValidationError(f"target {target.model!r} needs at least one format")
+        if len(set(target.formats)) != len(target.formats):
+            raise errors.ValidationError(f"target {target.model!r} repeats a format")
+        key = (target.model, target.variant)
+        if key in seen:
+            raise errors.ValidationError(f"target {target.model!r} appears twice in one task")
+        seen.add(key)
+        if target.transcript_url and target.transcript_asset_id:
+            raise errors.ValidationError(
+                "give either transcript_url or transcript_asset_id, not both"
+            )
+    return result

@@ -541,13 +541,16 @@ async def test_a_token_search_reaches_back_to_the_intent_time(
 
 
 def test_journal_keys_keep_providers_apart() -> None:
-    from types import SimpleNamespace
-
     from audioshake_async.batch.engine import journal_key
+    from audioshake_async.legacy import LegacyProvider
+    from audioshake_async.musicai import MusicAIProvider
+    from audioshake_async.tasks import AudioShakeProvider
 
-    tasks_api, legacy = SimpleNamespace(name="audioshake"), SimpleNamespace(name="legacy")
+    tasks_api, legacy, musicai = AudioShakeProvider, LegacyProvider, MusicAIProvider
+    # The Tasks API keeps the bare signature: journals written before providers existed.
     assert journal_key(tasks_api, TARGETS) == targets_signature(TARGETS)  # type: ignore[arg-type]
-    assert journal_key(legacy, TARGETS) != journal_key(tasks_api, TARGETS)  # type: ignore[arg-type]
+    keys = {journal_key(p, TARGETS) for p in (tasks_api, legacy, musicai)}  # type: ignore[arg-type]
+    assert len(keys) == 3
 
 
 def test_a_completed_target_missing_a_format_is_a_problem() -> None:

@@ -263,11 +263,11 @@ def test_unreadable_subdirectory_is_a_failed_item_with_its_reason(
     locked.mkdir()
     real_list_dir = inputs._list_dir
 
-    def list_dir(path: str) -> Any:
+    def list_dir(path: str, extensions: frozenset[str]) -> Any:
         # chmod does not stop root: refuse the listing the way the kernel would.
         if path == str(locked):
             raise PermissionError(13, "Permission denied", path)
-        return real_list_dir(path)
+        return real_list_dir(path, extensions)
 
     monkeypatch.setattr(inputs, "_list_dir", list_dir)
     status, out, err = run_emulated(tmp_path / "in", out=tmp_path / "o")

@@ -99,10 +99,10 @@ async def test_unreadable_directory_becomes_a_failed_item(
     locked = str(tmp_path / "in" / "locked")
     real_list_dir = inputs_module._list_dir
 
-    def list_dir(path: str) -> Any:
+    def list_dir(path: str, extensions: frozenset[str]) -> Any:
         if path == locked:
             raise PermissionError(13, "Permission denied", path)
-        return real_list_dir(path)
+        return real_list_dir(path, extensions)
 
     monkeypatch.setattr(inputs_module, "_list_dir", list_dir)
     results = {

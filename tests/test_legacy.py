@@ -34,6 +34,7 @@ from audioshake_async.legacy import (
     split_task_id,
     target_status,
 )
+from audioshake_async.legacy import client as legacy_client
 
 from ._servers import base_url, serve
 from .conftest import FAST_RETRY, write_wav
@@ -315,7 +316,7 @@ def test_composite_task_mapping() -> None:
 async def test_deprecation_warning_once(
     emu: LegacyEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(legacy, "_DEPRECATION_WARNED", False)
+    monkeypatch.setattr(legacy_client, "_DEPRECATION_WARNED", False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         first = LegacyClient(TOKEN, emu.base_url)
@@ -609,7 +610,7 @@ async def test_cli_unknown_legacy_model_or_format_is_a_usage_error_before_any_re
 async def test_cli_leaves_the_deprecation_warning_to_library_code(
     emu: LegacyEmulator, wav: pathlib.Path, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(legacy, "_DEPRECATION_WARNED", False)
+    monkeypatch.setattr(legacy_client, "_DEPRECATION_WARNED", False)
     argv = [
         "run",
         "--api",
@@ -630,7 +631,7 @@ async def test_cli_leaves_the_deprecation_warning_to_library_code(
         status, _, err = await anyio.to_thread.run_sync(lambda: run_cli(*argv))
         assert status == 0, err
         assert not [w for w in caught if issubclass(w.category, DeprecationWarning)]
-        assert legacy._DEPRECATION_WARNED is False
+        assert legacy_client._DEPRECATION_WARNED is False
         later = LegacyClient(TOKEN, emu.base_url)  # library code, same process
     await later.aclose()
     deprecations = [w for w in caught if issubclass(w.category, DeprecationWarning)]

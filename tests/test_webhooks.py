@@ -484,7 +484,8 @@ async def test_a_delivery_during_a_read_is_not_lost(
 ) -> None:
     """The confirming read of delivery 1 is answered before delivery 2 arrives (a race that
     loaded machines hit): delivery 2 must cause another read, not wait for the safety poll."""
-    from audioshake_async.batch import AudioShakeProvider, run_batch
+    from audioshake_async.batch import run_batch
+    from audioshake_async.tasks import AudioShakeProvider
 
     second_delivery = anyio.Event()
     receiver.add_listener(lambda _: second_delivery.set() if receiver.stats.accepted >= 2 else None)

@@ -17,16 +17,16 @@ from .events import (
 )
 from .inputs import expand_inputs
 from .journal import AsyncJournal, ItemRecord, Journal, OutputRecord, SqliteJournal
-from .provider import AudioShakeProvider, BatchProvider
+from .seam import BatchProvider, Hints, SupportsBatch
 
 __all__ = [
     "AsyncJournal",
-    "AudioShakeProvider",
     "BatchEvent",
     "BatchOptions",
     "BatchProvider",
     "BatchResult",
     "FileWritten",
+    "Hints",
     "ItemDone",
     "ItemFailed",
     "ItemQueued",
@@ -36,6 +36,7 @@ __all__ = [
     "OutputRecord",
     "ProgressHook",
     "SqliteJournal",
+    "SupportsBatch",
     "TargetDone",
     "TaskCreated",
     "UploadProgress",

@@ -43,7 +43,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -53,9 +53,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from .. import errors
 from ..core.files import safe_filename
 from ..core.http import PollPolicy
-from ..core.upload import prepare_upload
-from ..models import MAX_METADATA_LENGTH, Output, Target, Task, merge_task_snapshot
-from ..tasks.wire import MAX_PAGE_SIZE, validate_targets, validate_upload
+from ..models import Output, Target, Task, merge_task_snapshot
 from .events import (
     BatchEvent,
     BatchResult,
@@ -71,17 +69,12 @@ from .events import (
     UploadProgress,
 )
 from .journal import AsyncJournal, ItemRecord, Journal, OutputRecord, SqliteJournal
-from .provider import AudioShakeProvider, BatchProvider
-
-if TYPE_CHECKING:
-    from ..client import AudioShake
-    from ..webhooks import WebhookReceiver
+from .seam import BatchProvider, Hints, SupportsBatch
 
 __all__ = ["BatchOptions", "run_batch", "targets_signature"]
 
 logger = logging.getLogger("audioshake_async.batch")
 
-ASSET_LIFETIME = 72 * 3600.0
 HASH_CHUNK = 1 << 20
 #: Inputs taken per worker-thread hop from a plain (possibly blocking) iterable.
 INPUT_CHUNK = 256
@@ -107,8 +100,9 @@ class BatchOptions:
     poll: PollPolicy | None = None
     #: Extra fields for the task ``metadata`` (a JSON object that also carries the token).
     metadata: Mapping[str, Any] | None = None
-    #: An asset older than this is uploaded again (assets expire after 72 h).
-    asset_max_age: float = ASSET_LIFETIME - 2 * 3600.0
+    #: Seconds after which an uploaded source is uploaded again; None: the provider's source
+    #: lifetime less a margin (two hours of the Tasks API's 72).
+    asset_max_age: float | None = None
     #: Pages of ``GET /tasks`` searched for a token after an ambiguous create when the intent
     #: time is unknown; with it, the search goes back to an hour before the intent.
     reconcile_pages: int = 10
@@ -122,7 +116,7 @@ class BatchOptions:
     checksum: bool = True
     #: Deliveries drive the waiting: each one triggers one confirming GET; polling drops to
     #: a slow safety poll (deliveries can be lost).
-    webhooks: WebhookReceiver | None = None
+    webhooks: Hints | None = None
     #: Seconds between safety polls of a task while ``webhooks`` drive the waiting.
     safety_poll: float = 180.0
     #: Seconds a task may go without one successful read (outage, wrong provider) before its
@@ -158,11 +152,12 @@ def journal_key(provider: BatchProvider, targets: Sequence[Target]) -> str:
     """The journal's key for a target list on one provider.
 
     Task ids of one provider mean nothing to another: a journal shared by a Tasks API run and a
-    legacy run must not resume one's tasks through the other. AudioShake Tasks keeps the bare
-    signature (journals written before providers existed stay valid).
+    legacy run must not resume one's tasks through the other: each provider names its own
+    namespace (an empty one keeps the bare signature).
     """
     signature = targets_signature(targets)
-    return signature if provider.name == "audioshake" else f"{provider.name}:{signature}"
+    namespace = provider.journal_namespace
+    return f"{namespace}:{signature}" if namespace else signature
 
 
 def _is_url(value: str) -> bool:
@@ -270,7 +265,9 @@ class _Pipeline:
         # file listed twice must not be uploaded, billed and written twice at once.
         self.active: set[str] = set()
         lifetime = provider.source_lifetime
-        self.asset_max_age = min(options.asset_max_age, lifetime - min(7200.0, lifetime / 10))
+        self.asset_max_age = lifetime - min(7200.0, lifetime / 10)
+        if options.asset_max_age is not None:
+            self.asset_max_age = min(options.asset_max_age, self.asset_max_age)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -326,7 +323,7 @@ class _Pipeline:
         name = pathlib.PurePosixPath(item.display).name if not item.is_url else item.display
         payload["input"] = name[:512]
         text = json.dumps(payload, separators=(",", ":"), sort_keys=True)
-        if len(text) > MAX_METADATA_LENGTH:
+        if len(text) > self.provider.metadata_limit:
             text = json.dumps({"client_token": token}, separators=(",", ":"))
         return text
 
@@ -359,9 +356,9 @@ class _Pipeline:
         try:
             record = await self.journal.call(journal.lookup, source, self.signature)
             if not is_url:
-                prepared = await prepare_upload(source, check=validate_upload)
+                size = await self.provider.check_source(pathlib.Path(source))
                 stat = await anyio.to_thread.run_sync(os.stat, source)
-                item.size, item.mtime_ns = prepared.size, stat.st_mtime_ns
+                item.size, item.mtime_ns = size, stat.st_mtime_ns
                 record = await self._check_content(item, record)
             elif record is None:
                 await self.journal.call(journal.reset, source, self.signature, None, None, None)
@@ -594,18 +591,18 @@ class _Pipeline:
         limit = self.options.reconcile_pages if cutoff is None else MAX_RECONCILE_PAGES
         skip = 0
         for _ in range(limit):
-            page = await self.provider.page(skip=skip, take=MAX_PAGE_SIZE)
+            page = await self.provider.page(skip=skip, take=self.provider.page_size)
             for task in page:
                 if task.metadata and token in task.metadata and _token_of(task) == token:
                     return task
-            if len(page) < MAX_PAGE_SIZE:
+            if len(page) < self.provider.page_size:
                 return None
             if cutoff is not None and _newest_first_and_older_than(page, cutoff):
                 return None
             if cutoff is not None and not any(t.created_at for t in page):
                 # No creation times to judge by: only the fixed number of pages.
                 cutoff, limit = None, self.options.reconcile_pages
-            skip += MAX_PAGE_SIZE
+            skip += self.provider.page_size
         return None
 
     async def recreate(self, item: _Item) -> None:
@@ -847,7 +844,7 @@ class _Watcher:
         self._group.start_soon(run)
 
     def _pages_estimate(self) -> int:
-        return math.ceil(len(self.pending) / MAX_PAGE_SIZE) + 1
+        return math.ceil(len(self.pending) / self.pipeline.provider.page_size) + 1
 
     def _list_is_cheaper(self, wanted: int) -> bool:
         """A list sweep costs about one request per page of tasks in flight."""
@@ -929,19 +926,20 @@ class _Watcher:
 
     async def _refresh_by_list(self, wanted: set[str], pages_estimate: int) -> dict[str, Task]:
         found: dict[str, Task] = {}
+        page_size = self.pipeline.provider.page_size
         skip = 0
         for _ in range(max(3, 2 * pages_estimate)):
             try:
-                page = await self.pipeline.provider.page(skip=skip, take=MAX_PAGE_SIZE)
+                page = await self.pipeline.provider.page(skip=skip, take=page_size)
             except errors.AudioShakeError as exc:
                 logger.info("list refresh failed (%s); falling back to single gets", exc)
                 break
             for task in page:
                 if task.id in self.pending:
                     found[task.id] = task
-            if wanted <= found.keys() or len(page) < MAX_PAGE_SIZE:
+            if wanted <= found.keys() or len(page) < page_size:
                 break
-            skip += MAX_PAGE_SIZE
+            skip += page_size
         return found
 
     def _next_due(self, item: _Item) -> float:
@@ -1039,7 +1037,7 @@ async def _run_pipeline(pipeline: _Pipeline, inputs: Iterable[Any] | AsyncIterab
 
 
 async def run_batch(
-    client: AudioShake | BatchProvider,
+    client: BatchProvider | SupportsBatch,
     inputs: Iterable[str | os.PathLike[str]] | AsyncIterable[str | os.PathLike[str]],
     *,
     targets: Sequence[Target],
@@ -1059,7 +1057,8 @@ async def run_batch(
     :class:`BatchOptions` fields. Break out early with ``contextlib.aclosing``; the pipeline is
     cancelled cleanly (no partial file under a final name, the journal consistent).
     """
-    checked = validate_targets(targets)
+    provider = client.batch_provider() if isinstance(client, SupportsBatch) else client
+    checked = provider.check_targets(targets)
     settings = attrs.evolve(options, **option_values) if options else BatchOptions(**option_values)
     directory = pathlib.Path(out_dir)
     owned: SqliteJournal | None = None
@@ -1069,7 +1068,6 @@ async def run_batch(
     else:
         store = journal
     results_send, results_recv = anyio.create_memory_object_stream[BatchResult](64)
-    provider = client if isinstance(client, BatchProvider) else AudioShakeProvider(client)
     pipeline = _Pipeline(
         provider, checked, directory, AsyncJournal(store), progress, settings, results_send
     )

@@ -6,7 +6,7 @@ import hashlib
 import logging
 import os
 import sys
-from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Iterator
+from collections.abc import AsyncGenerator, Callable, Collection, Generator, Iterable, Iterator
 from typing import TextIO
 
 import anyio.to_thread
@@ -36,7 +36,7 @@ UnreadableHook = Callable[[str, OSError], None]
 _FLUSH = object()
 
 
-def _list_dir(directory: str) -> tuple[list[str], set[str], set[str]]:
+def _list_dir(directory: str, extensions: frozenset[str]) -> tuple[list[str], set[str], set[str]]:
     """(sorted names worth visiting, which of them are subdirectories, which are symlinks)."""
     names: list[str] = []
     subdirs: set[str] = set()
@@ -48,7 +48,7 @@ def _list_dir(directory: str) -> tuple[list[str], set[str], set[str]]:
                 continue
             if entry.is_dir(follow_symlinks=False):
                 subdirs.add(name)
-            elif os.path.splitext(name)[1].lower() in AUDIO_EXTENSIONS:
+            elif os.path.splitext(name)[1].lower() in extensions:
                 if entry.is_symlink():
                     links.add(name)
             else:
@@ -74,8 +74,10 @@ class _Expansion:
         self,
         exclude: Iterable[str | os.PathLike[str]],
         on_unreadable: UnreadableHook | None,
+        extensions: frozenset[str],
     ) -> None:
         self.exclude = list(exclude)
+        self.extensions = extensions
         self.excluded: frozenset[str] = frozenset()
         self.on_unreadable = on_unreadable
         # 16-byte digests of resolved paths, not the paths: ~80 bytes an entry with the set's
@@ -131,7 +133,7 @@ class _Expansion:
         if not self.first_time(b"d", real):
             return
         try:
-            names, subdirs, links = _list_dir(directory)
+            names, subdirs, links = _list_dir(directory, self.extensions)
         except OSError as exc:
             logger.warning("cannot read directory %r: %s", directory, exc.strerror or exc)
             if self.on_unreadable is not None:
@@ -176,6 +178,7 @@ async def expand_inputs(
     *,
     exclude: Iterable[str | os.PathLike[str]] = (),
     on_unreadable: UnreadableHook | None = None,
+    extensions: Collection[str] = AUDIO_EXTENSIONS,
 ) -> AsyncGenerator[str, None]:
     """Files as given, directories walked recursively, URLs as is, ``-`` reads paths from stdin.
 
@@ -185,9 +188,12 @@ async def expand_inputs(
     become inputs. Each file, directory and URL is produced once, however often it is reached
     (``dir dir/x.wav``, ``x.wav x.wav``, symlinks), judged by its resolved path. A directory
     that cannot be listed is logged, passed to ``on_unreadable`` and produced as an input, so
-    the batch reports it as failed and goes on.
+    the batch reports it as failed and goes on. A walk picks up files whose extension is in
+    ``extensions`` (a provider's ``input_extensions``; by default the documented AudioShake
+    audio and video inputs).
     """
-    expansion = _Expansion(exclude, on_unreadable)
+    wanted = frozenset(ext.lower() for ext in extensions)
+    expansion = _Expansion(exclude, on_unreadable, wanted)
     chunks = _chunks(expansion.run(list(args), stdin), CHUNK_SIZE)
 
     def pull() -> list[str] | None:

@@ -13,7 +13,6 @@ from ..core.http import redact_url, structure_as
 from ..models import (
     DOCUMENTED_INPUT_EXTENSIONS,
     MAX_METADATA_LENGTH,
-    MAX_TARGETS_PER_TASK,
     MAX_UPLOAD_BYTES,
     Asset,
     Model,
@@ -21,46 +20,17 @@ from ..models import (
     Task,
     UsageMonth,
     Webhook,
+    validate_targets,
 )
 
 DEFAULT_BASE_URL = "https://api.audioshake.ai"
+#: Seconds an uploaded asset stays usable ("assets expire after 72 hours").
+ASSET_LIFETIME = 72 * 3600.0
 #: ``GET /tasks`` accepts ``take`` in 1..100.
 MAX_PAGE_SIZE = 100
 
 
 # --------------------------------------------------------------------------- validation
-
-
-def validate_targets(targets: Sequence[Target]) -> tuple[Target, ...]:
-    """Check a target list before ``POST /tasks``: 1..20 targets, each with a model and formats."""
-    if isinstance(targets, Target):
-        targets = [targets]
-    result = tuple(targets)
-    if not result:
-        raise errors.ValidationError("a task needs at least one target")
-    if len(result) > MAX_TARGETS_PER_TASK:
-        raise errors.ValidationError(
-            f"a task takes at most {MAX_TARGETS_PER_TASK} targets, got {len(result)}"
-        )
-    seen: set[tuple[str, str | None]] = set()
-    for target in result:
-        if not isinstance(target, Target):
-            raise errors.ValidationError(f"targets must be Target objects, got {target!r}")
-        if not target.model or not target.model.strip():
-            raise errors.ValidationError("a target needs a model name")
-        if not target.formats or any(not f or not f.strip() for f in target.formats):
-            raise errors.ValidationError(f"target {target.model!r} needs at least one format")
-        if len(set(target.formats)) != len(target.formats):
-            raise errors.ValidationError(f"target {target.model!r} repeats a format")
-        key = (target.model, target.variant)
-        if key in seen:
-            raise errors.ValidationError(f"target {target.model!r} appears twice in one task")
-        seen.add(key)
-        if target.transcript_url and target.transcript_asset_id:
-            raise errors.ValidationError(
-                "give either transcript_url or transcript_asset_id, not both"
-            )
-    return result
 
 
 def build_create_task_body(

@@ -1,0 +1,196 @@
+"""The ``run``, ``models`` and ``migrate`` commands."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import pathlib
+import sys
+from typing import Any, TextIO
+
+import attrs
+
+from ..batch import (
+    BatchOptions,
+    BatchResult,
+    expand_inputs,
+    run_batch,
+)
+from ..models import Target
+from .display import ProgressTracker, live_display
+from .parser import EXIT_ITEMS_FAILED, EXIT_OK, UsageError, check_out_dir, parse_targets
+from .providers import JOURNAL_NAME, open_provider, serve_webhooks, tasks_api
+
+
+@attrs.define
+class RunSummary:
+    """What the end of ``run`` prints, kept without holding every :class:`BatchResult`.
+
+    Counters and the failed inputs (for the FAILED listing) always; with ``keep_records``
+    (``--json``) also one compact tuple per item, for ``results``.
+    """
+
+    keep_records: bool
+    items: int = 0
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    failures: list[tuple[str, str | None]] = attrs.Factory(list)
+    records: list[tuple[str, str, str | None, tuple[str, ...], str | None]] = attrs.Factory(list)
+
+    def add(self, result: BatchResult, *, error: str | None = None) -> None:
+        """Count one finished item; ``error`` overrides the result's own."""
+        error = error or result.error
+        self.items += 1
+        if result.status == "done":
+            self.done += 1
+        elif result.status == "skipped":
+            self.skipped += 1
+        if not result.ok:
+            self.failed += 1
+            self.failures.append((result.input, error))
+        if self.keep_records:
+            task_id = result.task.id if result.task else None
+            files = tuple(str(p) for p in result.files)
+            self.records.append((result.input, result.status, task_id, files, error))
+
+    def write_json(self, out: TextIO, requests: dict[str, int]) -> None:
+        """The ``--json`` summary, byte for byte ``json.dumps(summary, indent=2)``."""
+        head: dict[str, Any] = {
+            "items": self.items,
+            "done": self.done,
+            "skipped": self.skipped,
+            "failed": self.failed,
+            "api_requests": dict(sorted(requests.items())),
+            "results": [],
+        }
+        text = json.dumps(head, indent=2)
+        if not self.records:
+            print(text, file=out)
+            return
+        # Each record is encoded on its own as it is written: no second copy of them all.
+        out.write(text[: -len("[]\n}")] + "[\n")
+        for index, (item, status, task_id, files, error) in enumerate(self.records):
+            record = {
+                "input": item,
+                "status": status,
+                "task_id": task_id,
+                "files": list(files),
+                "error": error,
+            }
+            encoded = json.dumps(record, indent=2).replace("\n", "\n    ")
+            out.write(("    " if index == 0 else ",\n    ") + encoded)
+        out.write("\n  ]\n}\n")
+
+
+async def run_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """``run INPUT...``: the batch, its progress on stderr, the summary on stdout."""
+    if args.api == "legacy":
+        args.provider = "legacy"
+    if args.provider == "musicai":
+        if not args.workflow:
+            raise UsageError("--provider musicai needs --workflow SLUG")
+        targets = [Target(args.workflow, ("auto",))]
+    else:
+        if not args.model:
+            raise UsageError("give at least one model with -m/--model")
+        targets = parse_targets(
+            args.model, args.format, residual=args.residual, language=args.language
+        )
+    if args.concurrency < 1 or args.max_in_flight < 1:
+        raise UsageError("--concurrency and --max-in-flight must be at least 1")
+    if args.timeout is not None and args.timeout <= 0:
+        raise UsageError("--timeout must be positive")
+    out_dir = check_out_dir(args.out)
+    journal: str | None = None
+    if not args.no_journal:
+        journal = args.journal or str(out_dir / JOURNAL_NAME)
+    options = BatchOptions(
+        upload_concurrency=args.concurrency,
+        download_concurrency=2 * args.concurrency,
+        max_in_flight=args.max_in_flight,
+        task_timeout=args.timeout,
+        retry_failed=args.retry_failed,
+    )
+    tracker = ProgressTracker()
+    summary = RunSummary(keep_records=args.json)
+    unreadable: dict[str, str] = {}
+
+    def on_unreadable(path: str, exc: OSError) -> None:
+        # Called from a worker thread; a plain dict store is atomic under the GIL.
+        unreadable[path] = f"cannot read directory: {exc.strerror or exc}"
+
+    async with (
+        open_provider(args, targets) as opened,
+        serve_webhooks(args, opened.webhooks, err) as receiver,
+    ):
+        if receiver is not None:
+            options = attrs.evolve(options, webhooks=receiver)
+        inputs = expand_inputs(
+            args.inputs,
+            exclude=[out_dir],
+            on_unreadable=on_unreadable,
+            extensions=opened.provider.input_extensions,
+        )
+        async with live_display(tracker, quiet=args.quiet or args.json, stream=err):
+            batch = run_batch(
+                opened.provider,
+                inputs,
+                targets=targets,
+                out_dir=out_dir,
+                journal=journal,
+                progress=tracker,
+                options=options,
+            )
+            async with contextlib.aclosing(batch):
+                async for result in batch:
+                    tracker.record(result)
+                    # The engine only sees "not a regular file"; the walk knows why.
+                    reason = unreadable.pop(result.input, None) if not result.ok else None
+                    summary.add(result, error=reason)
+        requests = opened.provider.request_counts()
+    # Failures go to stderr in both modes: with --json, stdout stays one JSON document.
+    for item, error in summary.failures:
+        print(f"FAILED {item}: {error}", file=err)
+    if args.json:
+        summary.write_json(out, requests)
+    else:
+        print(
+            f"{summary.done + summary.skipped} of {summary.items} items done, "
+            f"{summary.failed} failed; outputs in {out_dir}",
+            file=out,
+        )
+    return EXIT_ITEMS_FAILED if summary.failed else EXIT_OK
+
+
+def migrate_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """``migrate FILE.json``: the Tasks API requests on stdout (JSON), the notes on stderr."""
+    from ..legacy import migrate_jobs
+
+    try:
+        if args.file == "-":
+            text = sys.stdin.read()
+        else:
+            text = pathlib.Path(args.file).read_text(encoding="utf-8")
+        data = json.loads(text)
+    except OSError as exc:
+        raise UsageError(f"cannot read {args.file}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise UsageError(f"{args.file} is not JSON: {exc}") from None
+    result = migrate_jobs(data)
+    print(json.dumps(result.to_json(), indent=2), file=out)
+    for note in result.notes:
+        print(note, file=err)
+    return EXIT_OK if result.ok else EXIT_ITEMS_FAILED
+
+
+async def models_command(args: argparse.Namespace, out: TextIO) -> int:
+    """``models``: the models of the account, with formats and prices."""
+    async with tasks_api(args) as client:
+        catalog = await client.models.list()
+    for model in catalog:
+        access = "" if model.enabled else "  (request access)"
+        formats = ",".join(model.output_formats)
+        print(f"{model.id:24} {formats:32} {model.credits_per_minute or '-'}{access}", file=out)
+    return EXIT_OK

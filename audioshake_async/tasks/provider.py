@@ -1,0 +1,85 @@
+"""The AudioShake Tasks API behind the batch engine's seam."""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from ..batch.inputs import AUDIO_EXTENSIONS
+from ..core.download import DownloadedFile
+from ..core.upload import prepare_upload
+from ..models import MAX_METADATA_LENGTH, Output, Target, Task, validate_targets
+from .wire import ASSET_LIFETIME, MAX_PAGE_SIZE, validate_upload
+
+if TYPE_CHECKING:
+    from .client import AudioShake
+
+__all__ = ["AudioShakeProvider"]
+
+
+class AudioShakeProvider:
+    """The AudioShake Tasks API behind the batch seam: assets, ``POST /tasks``, list pages."""
+
+    name = "audioshake"
+    supports_listing = True
+    source_lifetime = ASSET_LIFETIME
+    page_size = MAX_PAGE_SIZE
+    metadata_limit = MAX_METADATA_LENGTH
+    # The bare key: journals written before providers existed stay valid.
+    journal_namespace = ""
+    input_extensions = AUDIO_EXTENSIONS
+
+    def __init__(self, client: AudioShake) -> None:
+        self.client = client
+        self.poll = client.poll
+        self.retry = client.transport.retry
+        # GET /assets lists every asset at once: fetched once per run, only when resuming.
+        self._assets: dict[str, str] | None = None
+
+    def check_targets(self, targets: Sequence[Target]) -> tuple[Target, ...]:
+        """1 to 20 targets, each with a model and distinct formats."""
+        return validate_targets(targets)
+
+    async def check_source(self, path: pathlib.Path) -> int:
+        """A documented input type, not empty, at most 2 GB."""
+        return (await prepare_upload(path, check=validate_upload)).size
+
+    async def upload(
+        self, path: pathlib.Path, name: str, progress: Callable[[int, int], None]
+    ) -> str:
+        """``POST /assets``; the asset id is the source reference."""
+        asset = await self.client.assets.upload(path, filename=name, progress=progress)
+        return asset.id
+
+    async def find_upload(self, name: str) -> str | None:
+        """Search ``GET /assets`` (every asset of the account) for ``name``."""
+        if self._assets is None:
+            self._assets = {a.name: a.id for a in await self.client.assets.list() if a.name}
+        return self._assets.get(name)
+
+    async def create(
+        self, *, source: str | None, url: str | None, targets: Sequence[Target], metadata: str
+    ) -> Task:
+        """``POST /tasks`` with every target (never retried blindly)."""
+        return await self.client.tasks.create(
+            asset_id=source, url=url, targets=targets, metadata=metadata
+        )
+
+    async def get(self, task_id: str) -> Task:
+        """``GET /tasks/{id}``."""
+        return await self.client.tasks.get(task_id)
+
+    async def page(self, *, skip: int, take: int) -> list[Task]:
+        """``GET /tasks?skip&take``."""
+        return await self.client.tasks.page(skip=skip, take=take)
+
+    async def fetch_output(
+        self, task: Task, output: Output, destination: pathlib.Path, *, checksum: bool
+    ) -> DownloadedFile:
+        """Stream one output to disk, refreshing an expired link through ``GET /tasks/{id}``."""
+        return await self.client.fetch_output(task, output, destination, checksum=checksum)
+
+    def request_counts(self) -> dict[str, int]:
+        """Requests sent so far, by route."""
+        return dict(self.client.request_counts)
