@@ -24,11 +24,11 @@ import aiofiles
 from aiohttp import BodyPartReader, web
 
 from .catalog import MIME_TYPES, format_of, models_json
-from .cdn import FileEntry
 from .config import EmulatorConfig
 from .errors import ApiError, error_response
+from .files import FileEntry, remove_tree
 from .processing import Processor
-from .runtime import Runtime, remove_tree
+from .runtime import Runtime
 from .state import Asset, Target, Task
 from .validation import parse_int_param, parse_task, parse_webhook
 

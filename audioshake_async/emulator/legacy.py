@@ -50,12 +50,14 @@ from aiohttp import web
 
 from .app import ApiHandlers, Control, _drop, read_json
 from .catalog import CATALOG, MIME_TYPES, format_of
-from .cdn import FileRegistry, LinkSigner, content_type_for, create_cdn_app
+from .cdn import create_cdn_app
 from .config import EmulatorConfig
 from .errors import ApiError, error_response
 from .faults import FaultInjector
+from .files import FileRegistry, content_type_for, remove_tree
+from .links import LinkSigner
 from .processing import Processor, is_loopback_url
-from .runtime import Runtime, remove_tree
+from .runtime import Runtime
 from .state import COMPLETED, ERROR, Asset, Store, Target, Task, iso_timestamp
 from .validation import is_http_url
 

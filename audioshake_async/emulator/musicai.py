@@ -10,7 +10,7 @@ For tests and benchmarks of Music.AI clients, ours and the official ``musicai-sd
 - Storage host (another port, so another origin): ``PUT /files/{id}/input`` streams an upload
   to disk in constant memory; ``GET``/``HEAD /files/{id}/{name}`` serve inputs and results with
   ``Range``. URLs are signed and expire like the AudioShake emulator's CDN links
-  (:class:`~audioshake_async.emulator.cdn.LinkSigner`, one signer for PUT and one for GET).
+  (:class:`~audioshake_async.emulator.links.LinkSigner`, one signer for PUT and one for GET).
   Requests carrying an API key header are counted: a client must never send it there.
 - Jobs go ``QUEUED -> STARTED -> SUCCEEDED | FAILED`` in ``queue_delay + delay`` seconds.
   Results are real files made by the AudioShake emulator's DSP stand-in
@@ -62,11 +62,11 @@ import attrs
 from aiohttp import web
 
 from . import dsp
-from .cdn import KEY_HEADERS, FileEntry, LinkSigner, content_type_for, new_file_id, s3_error
 from .errors import reason
 from .faults import TokenBucket
+from .files import FileEntry, content_type_for, new_file_id, remove_tree
+from .links import KEY_HEADERS, LinkSigner, s3_error
 from .processing import is_loopback_url
-from .runtime import remove_tree
 from .state import iso_timestamp
 
 __all__ = ["DEFAULT_WORKFLOWS", "MusicAIEmulator", "MusicAIWorkflow", "main"]

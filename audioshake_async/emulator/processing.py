@@ -26,7 +26,7 @@ import yarl
 
 from . import dsp
 from .catalog import CATALOG, ModelSpec
-from .cdn import FileEntry, content_type_for, file_sha256, new_file_id
+from .files import FileEntry, content_type_for, file_sha256, new_file_id
 from .runtime import Runtime
 from .state import COMPLETED, ERROR, OutputFile, Target, Task, billed_minutes
 

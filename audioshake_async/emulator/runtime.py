@@ -7,8 +7,6 @@ import cycles and of any reference to the facade.
 
 from __future__ import annotations
 
-import asyncio
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,20 +15,11 @@ from typing import Any
 import aiohttp
 import attrs
 
-from .cdn import FileRegistry, LinkSigner
 from .config import EmulatorConfig
 from .faults import FaultInjector
+from .files import FileRegistry
+from .links import LinkSigner
 from .state import Asset, OutputFile, Store, Task
-
-
-async def remove_tree(path: Path) -> None:
-    """Delete ``path`` recursively in a worker thread (thousands of files block for a while)."""
-    try:
-        # Shielded: a cancelled aclose still removes the directory, in the background.
-        await asyncio.shield(asyncio.to_thread(shutil.rmtree, path, ignore_errors=True))
-    except RuntimeError:
-        # The loop's default executor is already shut down: remove it here instead.
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @attrs.define(eq=False)

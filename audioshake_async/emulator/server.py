@@ -15,11 +15,13 @@ import aiohttp
 from aiohttp import web
 
 from .app import API_ROUTES, create_api_app
-from .cdn import FileRegistry, LinkSigner, create_cdn_app
+from .cdn import create_cdn_app
 from .config import STARTUP_ONLY_KNOBS, EmulatorConfig
 from .faults import FaultInjector
+from .files import FileRegistry, remove_tree
+from .links import LinkSigner
 from .processing import Processor
-from .runtime import Runtime, remove_tree
+from .runtime import Runtime
 from .state import Store, Target, Task
 from .webhooks import WebhookDispatcher
 
