@@ -42,23 +42,24 @@ from collections import Counter, deque
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from types import TracebackType
-from typing import Any, cast
+from typing import Any
 
 import aiohttp
 import attrs
 from aiohttp import web
 
-from .app import ApiHandlers, Control, _drop, read_json
 from .catalog import CATALOG, MIME_TYPES, format_of
 from .cdn import create_cdn_app
 from .config import EmulatorConfig
 from .errors import ApiError, error_response
 from .faults import FaultInjector
 from .files import FileRegistry, content_type_for, remove_tree
+from .http_common import drop, is_loopback_url, read_json, route_template, start_site
 from .links import LinkSigner
-from .processing import Processor, is_loopback_url
+from .processing import Processor
 from .runtime import Runtime
 from .state import COMPLETED, ERROR, Asset, Store, Target, Task, iso_timestamp
+from .uploads import AssetUploads
 from .validation import is_http_url
 
 __all__ = ["LegacyEmulator", "LegacyEmulatorConfig"]
@@ -72,7 +73,6 @@ LEGACY_ROUTES = (
     "GET /usage",
 )
 OUTPUT_KEYS = ("outputAssets", "stemAssets", "nested")
-SHUTDOWN_TIMEOUT = 0.5
 USER_AGENT = "audioshake-legacy-emulator-callbacks"
 
 
@@ -190,8 +190,7 @@ def _advertised(host: str) -> str:
 
 
 def _route(request: web.Request) -> str:
-    resource = request.match_info.route.resource
-    template = resource.canonical if resource is not None else "<unmatched>"
+    template = route_template(request)
     if template.endswith("/") and len(template) > 1:
         template = template[:-1]  # "/upload/" and "/upload" are one route
     if template == "/upload/audio-link":
@@ -210,7 +209,7 @@ class LegacyEmulator:
         self._config = attrs.evolve(base, **knobs) if knobs else base
         self._rt: Runtime | None = None
         self._processor: Processor | None = None
-        self._uploads: ApiHandlers | None = None
+        self._uploads: AssetUploads | None = None
         self._runners: list[web.AppRunner] = []
         self._base_url = ""
         self._jobs: dict[str, _Job] = {}
@@ -246,26 +245,17 @@ class LegacyEmulator:
         try:
             rt.http = aiohttp.ClientSession(trust_env=False)
             self._processor = Processor(rt, self._on_terminal)
-            # Only the streamed upload handler is used; no introspection route is mounted, so
-            # the control object is never called.
-            self._uploads = ApiHandlers(rt, self._processor, cast(Control, self))
-            cdn_port = await self._serve(create_cdn_app(rt), cfg.cdn_host, cfg.cdn_port)
+            self._uploads = AssetUploads(rt)
+            cdn_port = await start_site(
+                create_cdn_app(rt), cfg.cdn_host, cfg.cdn_port, self._runners
+            )
             rt.cdn_base_url = f"http://{_advertised(cfg.cdn_host)}:{cdn_port}"
-            api_port = await self._serve(self._app(), cfg.host, cfg.port)
+            api_port = await start_site(self._app(), cfg.host, cfg.port, self._runners)
             self._base_url = f"http://{_advertised(cfg.host)}:{api_port}"
         except BaseException:
             await self.aclose()
             raise
         return self
-
-    async def _serve(self, app: web.Application, host: str, port: int) -> int:
-        runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT
-        )
-        await runner.setup()
-        self._runners.append(runner)
-        await web.TCPSite(runner, host, port).start()
-        return int(runner.addresses[0][1])
 
     async def aclose(self) -> None:
         """Stop both servers, processing and callback deliveries; remove the temp dir."""
@@ -433,7 +423,7 @@ class LegacyEmulator:
         if outcome != "ok":
             self._counts[f"fault:{outcome}"] += 1
         if outcome == "drop":
-            return _drop(request)
+            return drop(request)
         if outcome.isdigit():
             status = int(outcome)
             headers = {}
@@ -457,7 +447,7 @@ class LegacyEmulator:
             response = error_response(exc.status, message)
         if outcome == "drop_after":
             # The ambiguous case: the work is done, the client never learns about it.
-            return _drop(request)
+            return drop(request)
         stats.responses[str(response.status)] += 1
         return response
 
@@ -484,9 +474,7 @@ class LegacyEmulator:
     async def _upload(self, request: web.Request) -> web.Response:
         """``POST /upload``: the Tasks emulator's streamed upload, answered the legacy way."""
         assert self._uploads is not None
-        response = await self._uploads.upload_asset(request)
-        assert isinstance(response.body, bytes)
-        asset = self._runtime().store.assets[json.loads(response.body)["id"]]
+        asset = await self._uploads.receive(request)
         return web.json_response(self._file_asset_json(asset))
 
     async def _upload_link(self, request: web.Request) -> web.Response:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import ipaddress
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,8 +24,9 @@ import attrs
 import yarl
 
 from . import dsp
-from .catalog import CATALOG, ModelSpec
+from .catalog import CATALOG, ModelSpec, format_of
 from .files import FileEntry, content_type_for, file_sha256, new_file_id
+from .http_common import is_loopback_url
 from .runtime import Runtime
 from .state import COMPLETED, ERROR, OutputFile, Target, Task, billed_minutes
 
@@ -47,23 +47,6 @@ class Source:
     fmt: str = ""
     info: dsp.AudioInfo | None = None
     error: dsp.DspError | None = None
-
-
-def is_loopback_url(url: str) -> bool:
-    """True for http(s) URLs whose host is ``localhost`` or a loopback address."""
-    try:
-        parsed = yarl.URL(url)
-    except ValueError:
-        return False
-    host = (parsed.host or "").strip("[]").lower()
-    if parsed.scheme not in ("http", "https") or not host:
-        return False
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 #: A dsp renderer with everything but the output directory bound.
@@ -265,8 +248,6 @@ class Processor:
         return digest.hexdigest(), content_type
 
     async def _fetch_source(self, task: Task) -> tuple[str, Path, str]:
-        from .catalog import format_of
-
         assert task.url is not None
         name = Path(yarl.URL(task.url).path).name or "source"
         dest = self._rt.workdir / "sources" / task.id / name

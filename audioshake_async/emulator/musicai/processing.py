@@ -19,7 +19,7 @@ import aiohttp
 
 from .. import dsp
 from ..files import FileEntry, content_type_for, new_file_id
-from ..processing import is_loopback_url
+from ..http_common import is_loopback_url
 from .state import CUSTOM_STORAGE, ERROR_TITLES, FAILED, STARTED, SUCCEEDED, Job, MusicAIState
 from .workflows import render_outputs
 

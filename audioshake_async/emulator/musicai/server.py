@@ -19,6 +19,7 @@ import attrs
 from aiohttp import web
 
 from ..files import remove_tree
+from ..http_common import start_site
 from ..state import iso_timestamp
 from .api import PREFIX, ApiRoutes
 from .config import STARTUP_ONLY, MusicAIConfig
@@ -26,8 +27,6 @@ from .processing import JobRunner
 from .state import STATUSES, MusicAIState
 from .storage import StorageHost
 from .workflows import MusicAIWorkflow
-
-SHUTDOWN_TIMEOUT = 0.5
 
 
 class MusicAIEmulator:
@@ -86,10 +85,13 @@ class MusicAIEmulator:
             self._jobs.open(cfg.dsp_workers)
             state.http = aiohttp.ClientSession(trust_env=False)
             scheme = "https" if cfg.tls else "http"
-            storage_port = await self._serve(self._storage.app(), cfg.storage_port, server_ssl)
-            state.storage_url = f"{scheme}://127.0.0.1:{storage_port}"
-            api_port = await self._serve(self._api.app(), cfg.port, server_ssl)
-            self._base_url = f"{scheme}://127.0.0.1:{api_port}{PREFIX}"
+            runners = self._runners
+            storage = await start_site(
+                self._storage.app(), cfg.host, cfg.storage_port, runners, server_ssl
+            )
+            state.storage_url = f"{scheme}://127.0.0.1:{storage}"
+            api = await start_site(self._api.app(), cfg.host, cfg.port, runners, server_ssl)
+            self._base_url = f"{scheme}://127.0.0.1:{api}{PREFIX}"
         except BaseException:
             await self.aclose()
             raise
@@ -107,16 +109,6 @@ class MusicAIEmulator:
         certificate.configure_cert(context)
         self._ca.cert_pem.write_to_path(str(workdir / "ca.pem"))
         return context
-
-    async def _serve(self, app: web.Application, port: int, context: ssl.SSLContext | None) -> int:
-        runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT
-        )
-        await runner.setup()
-        self._runners.append(runner)
-        site = web.TCPSite(runner, self._state.config.host, port, ssl_context=context)
-        await site.start()
-        return int(runner.addresses[0][1])
 
     async def aclose(self) -> None:
         """Stop both servers and the processing, remove the temp directory."""
