@@ -29,6 +29,7 @@ from .files import FileEntry, content_type_for, file_sha256, new_file_id
 from .http_common import is_loopback_url
 from .runtime import Runtime
 from .state import COMPLETED, ERROR, OutputFile, Target, Task, billed_minutes
+from .transcripts import parse_transcript, render_transcript
 
 #: Largest transcript the emulator fetches/reads for alignment.
 MAX_TRANSCRIPT_BYTES = 1024 * 1024
@@ -278,7 +279,7 @@ class Processor:
         else:
             return None
         text = raw.decode("utf-8", errors="replace")
-        return hashlib.sha256(raw).hexdigest(), dsp.parse_transcript(text, fmt)
+        return hashlib.sha256(raw).hexdigest(), parse_transcript(text, fmt)
 
     # --- jobs ----------------------------------------------------------------------------
     async def _prepare(self, task: Task, target: Target, source: Source) -> Job | dsp.DspError:
@@ -336,7 +337,7 @@ class Processor:
             lines = transcript[1] if transcript else None
             key = (source.key, spec.id, target.language, transcript and transcript[0], fmt)
             render = functools.partial(
-                dsp.render_transcript, spec.id, source.info.duration, target.language, lines, fmt
+                render_transcript, spec.id, source.info.duration, target.language, lines, fmt
             )
         job = self._jobs.get(key)
         if job is None:
