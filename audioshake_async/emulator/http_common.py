@@ -1,5 +1,8 @@
-"""HTTP pieces the three emulators share: serving a site, reading JSON, dropping a
-connection, naming routes, and telling loopback peers and URLs apart."""
+"""HTTP pieces the three emulators (Tasks, legacy Jobs, Music.AI) share.
+
+Serving a site on a free port, reading a JSON body, dropping a connection unanswered,
+naming the matched route, and telling loopback peers and URLs from the rest.
+"""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """The shared state every part of a running emulator sees (config, store, links, faults).
 
 ``Emulator`` (the public facade in ``server.py``) owns one ``Runtime``; the API app, the
-CDN app, the processor and the webhook dispatcher all receive it, which keeps them free of
-import cycles and of any reference to the facade.
+CDN app, the uploads, the processor and the webhook dispatcher all receive it, which keeps
+them free of import cycles and of any reference to the facade. The legacy emulator builds
+one too, for the parts it reuses (processing, CDN, uploads).
 """
 
 from __future__ import annotations
