@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audioshake_async.emulator import dsp
+from audioshake_async.emulator import dsp, transcripts
 from audioshake_async.emulator.state import billed_minutes, format_minutes, iso_timestamp
 from audioshake_async.emulator.testing import write_wav
 
@@ -87,23 +87,23 @@ def test_music_detection_segments() -> None:
     ],
 )  # fmt: skip
 def test_parse_transcript(text: str, fmt: str, lines: list[list[str]]) -> None:
-    assert dsp.parse_transcript(text, fmt) == lines
+    assert transcripts.parse_transcript(text, fmt) == lines
 
 
 @pytest.mark.parametrize("bad", ["{nope", json.dumps({"foo": 1}), json.dumps([1, 2])])
 def test_parse_transcript_rejects(bad: str) -> None:
     with pytest.raises(dsp.DecodeError):
-        dsp.parse_transcript(bad, "json")
+        transcripts.parse_transcript(bad, "json")
 
 
 def test_transcript_document_and_srt() -> None:
-    doc = dsp.transcript_document(4000.0, None, [["hello", "world"]])
+    doc = transcripts.transcript_document(4000.0, None, [["hello", "world"]])
     words = doc["lines"][0]["words"]
     assert [w["start"] for w in words] == [0.0, 2000.0]
     assert doc["metadata"] == {"language": "en"}
-    srt = dsp.transcript_srt(doc)
+    srt = transcripts.transcript_srt(doc)
     assert srt == "1\n00:00:00,000 --> 01:00:00,000\nhello world\n"
-    placeholder = dsp.transcript_document(0.0, "de", None)
+    placeholder = transcripts.transcript_document(0.0, "de", None)
     assert placeholder["text"] == "emulated" and placeholder["lines"][0]["words"][0]["end"] == 0.0
 
 

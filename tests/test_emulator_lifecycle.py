@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from audioshake_async.emulator import Emulator, EmulatorConfig
-from audioshake_async.emulator.app import is_loopback
+from audioshake_async.emulator.http_common import is_loopback
 from audioshake_async.emulator.testing import upload_file, wait_until, write_wav
 
 

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from audioshake_async.emulator import Emulator
-from audioshake_async.emulator import app as emulator_app
+from audioshake_async.emulator import uploads as emulator_uploads
 
 MiB = 1024 * 1024
 
@@ -173,7 +173,7 @@ async def test_storage_error_answers_500_in_the_envelope(
         handles.append(_FullDisk(Path(path)))
         return handles[-1]
 
-    monkeypatch.setattr(emulator_app, "aiofiles", SimpleNamespace(open=fake_open))
+    monkeypatch.setattr(emulator_uploads, "aiofiles", SimpleNamespace(open=fake_open))
     async with http.post(f"{emu.base_url}/assets", data=multipart(bytes(1000), "a.wav")) as r:
         assert r.status == 500
         assert r.content_type == "application/json"
@@ -197,7 +197,7 @@ async def test_unexpected_handler_error_answers_500_in_the_envelope(
     def broken(name: str, content_type: str | None) -> str:
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(emulator_app, "format_of", broken)
+    monkeypatch.setattr(emulator_uploads, "format_of", broken)
     async with http.post(f"{emu.base_url}/assets", data=multipart(bytes(10), "a.wav")) as r:
         assert r.status == 500
         err = await r.json()

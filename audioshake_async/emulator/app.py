@@ -12,34 +12,28 @@ limit, and only answered to loopback clients.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
-import ipaddress
-import json
 import logging
-from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Protocol
 
-import aiofiles
-from aiohttp import BodyPartReader, web
+from aiohttp import web
 
-from .catalog import MIME_TYPES, format_of, models_json
-from .cdn import FileEntry
+from .catalog import models_json
 from .config import EmulatorConfig
 from .errors import ApiError, error_response
+from .http_common import (
+    MAX_JSON_BODY,
+    Dropped,
+    drop,
+    is_loopback,
+    read_json,
+    route_template,
+)
 from .processing import Processor
-from .runtime import Runtime, remove_tree
+from .runtime import Runtime
 from .state import Asset, Target, Task
-from .validation import parse_int_param, parse_task, parse_webhook
-
-UPLOAD_CHUNK = 256 * 1024
-#: Bytes of multipart framing tolerated on top of ``max_upload_bytes`` in the up-front
-#: Content-Length check (the exact file size is enforced while streaming).
-MULTIPART_SLACK = 64 * 1024
-#: Largest JSON body accepted by the API routes.
-MAX_JSON_BODY = 1024 * 1024
-#: Stored name of an upload whose part filename names no file (``""``, ``"."``, ``".."``).
-DEFAULT_UPLOAD_NAME = "upload"
+from .uploads import AssetUploads
+from .validation import check_credits, parse_int_param, parse_task, parse_webhook
 
 logger = logging.getLogger("audioshake_async.emulator")
 
@@ -85,37 +79,8 @@ class Control(Protocol):
         ...
 
 
-def route_name(request: web.Request) -> str:
-    """``"POST /tasks"``: method plus route template, the key of ``stats()["requests"]``."""
-    resource = request.match_info.route.resource
-    template = resource.canonical if resource is not None else "<unmatched>"
-    return f"{request.method} {template}"
-
-
-def is_loopback(remote: str | None) -> bool:
-    """True for a loopback peer address."""
-    if not remote:
-        return False
-    try:
-        return ipaddress.ip_address(remote.split("%")[0]).is_loopback
-    except ValueError:
-        return False
-
-
 def _format_seconds(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
-
-
-class _Dropped(web.Response):
-    """Marker: the connection was closed, this response never reaches the client."""
-
-
-def _drop(request: web.Request) -> web.Response:
-    """Close the connection without answering; the client sees a server disconnect."""
-    if request.transport is not None:
-        request.transport.close()
-    # Nothing reaches the client: the transport is closed before aiohttp writes this.
-    return _Dropped(status=204)
 
 
 def _from_http_exception(request: web.Request, exc: web.HTTPException) -> web.Response:
@@ -129,46 +94,9 @@ def _from_http_exception(request: web.Request, exc: web.HTTPException) -> web.Re
     return error_response(exc.status, message, headers)
 
 
-async def read_json(request: web.Request) -> Any:
-    """Parse a JSON body (400/415/413 with the error envelope when it is not one)."""
-    declared = request.headers.get("Content-Type")
-    ctype = request.content_type
-    if declared and not (ctype == "application/json" or ctype.endswith("+json")):
-        raise ApiError(415, f"Unsupported Media Type: {ctype}")
-    if request.content_length is not None and request.content_length > MAX_JSON_BODY:
-        raise ApiError(413, "Request body is too large")
-    raw = await request.read()
-    if not raw:
-        raise ApiError(400, "Body cannot be empty when content-type is set to 'application/json'")
-    try:
-        return json.loads(raw)
-    except ValueError as exc:
-        raise ApiError(400, f"Body is not valid JSON: {exc}") from None
-
-
-def _safe_filename(name: str | None) -> str:
-    """The last path component of a part filename, or ``"upload"`` when it names no file."""
-    # Both separators: a Windows client may send C:\music\song.wav as the part filename.
-    base = PureWindowsPath(PurePosixPath(name or "").name).name.strip()
-    # "..", "." (and "...") would make the stored path the asset folder or its parent.
-    if not base.strip("."):
-        return DEFAULT_UPLOAD_NAME
-    return base
-
-
-def _storage_error(name: str, exc: BaseException) -> ApiError:
-    """The 500 (in the error envelope) answering an upload the disk could not take."""
-    logger.warning("emulator: could not store upload %r: %s", name, exc)
-    return ApiError(500, "Could not store the uploaded file")
-
-
-def _delete_asset_files(paths: list[Path]) -> None:
-    """Delete expired assets' files and their folders (runs in a worker thread)."""
-    for path in paths:
-        path.unlink(missing_ok=True)
-        # Only the asset's own folder, and only once empty: never more than was created.
-        with contextlib.suppress(OSError):
-            path.parent.rmdir()
+def route_name(request: web.Request) -> str:
+    """``"POST /tasks"``: method plus route template, the key of ``stats()["requests"]``."""
+    return f"{request.method} {route_template(request)}"
 
 
 class ApiHandlers:
@@ -178,6 +106,7 @@ class ApiHandlers:
         self.rt = rt
         self.processor = processor
         self.control = control
+        self.uploads = AssetUploads(rt)
 
     # --- middleware ----------------------------------------------------------------------
     @web.middleware
@@ -190,7 +119,7 @@ class ApiHandlers:
         stats = self.rt.store.stats
         stats.requests[route_name(request)] += 1
         response = await self._guarded(request, handler)
-        if not isinstance(response, _Dropped):
+        if not isinstance(response, Dropped):
             stats.responses[str(response.status)] += 1
         return response
 
@@ -222,7 +151,7 @@ class ApiHandlers:
             return error_response(429, "Rate limit exceeded", headers)
         if targeted and faults.roll(cfg.drop_rate):
             faults.record("drop")
-            return _drop(request)
+            return drop(request)
         if targeted and faults.roll(cfg.fail_rate):
             faults.record("fail")
             status = faults.fail_status(cfg)
@@ -233,20 +162,6 @@ class ApiHandlers:
         return await self._call(request, handler)
 
     # --- assets --------------------------------------------------------------------------
-    def _check_credits(self) -> None:
-        credits = self.rt.config.credits
-        if credits is not None and credits <= 0:
-            raise ApiError(400, "Insufficient credits")
-
-    async def sweep_expired_assets(self) -> None:
-        """Delete expired assets' files and forget them (documented: deleted after 72 h)."""
-        expired = self.rt.store.pop_expired_assets()
-        if not expired:
-            return  # the usual case: no thread hop
-        for asset in expired:
-            self.rt.files.remove(asset.file_id)
-        await asyncio.to_thread(_delete_asset_files, [a.path for a in expired])
-
     def _live_asset(self, asset_id: str) -> Asset:
         asset = self.rt.store.live_asset(asset_id)
         if asset is None:
@@ -254,105 +169,13 @@ class ApiHandlers:
         return asset
 
     async def upload_asset(self, request: web.Request) -> web.Response:
-        """``POST /assets``: stream the ``file`` part to disk, never holding it in memory."""
-        self._check_credits()
-        await self.sweep_expired_assets()
-        limit = self.rt.config.max_upload_bytes
-        stats = self.rt.store.stats
-        if request.content_length is not None and request.content_length > limit + MULTIPART_SLACK:
-            stats.uploads_rejected += 1
-            raise ApiError(413, f"File exceeds the maximum size of {limit} bytes", close=True)
-        if not request.content_type.startswith("multipart/"):
-            raise ApiError(400, "Request must be multipart/form-data with a 'file' field")
-        try:
-            reader = await request.multipart()
-        except (ValueError, AssertionError) as exc:
-            raise ApiError(400, f"Malformed multipart body: {exc}") from None
-        asset: Asset | None = None
-        while True:
-            part = await reader.next()
-            if part is None:
-                break
-            if (
-                asset is None
-                and isinstance(part, BodyPartReader)
-                and part.name == "file"
-                and part.filename is not None
-            ):
-                asset = await self._store_part(part, limit)
-            else:
-                await part.release()  # reads and discards: other fields are ignored
-        if asset is None:
-            raise ApiError(400, "body must have required property 'file'")
-        self.rt.store.add_asset(asset)
-        stats.bytes_uploaded += asset.size
-        self.rt.files.add(
-            asset.file_id, FileEntry(asset.path, asset.name, asset.mime_type, asset=asset)
-        )
+        """``POST /assets``: the file streamed to disk (see :class:`~.uploads.AssetUploads`)."""
+        asset = await self.uploads.receive(request)
         return web.json_response(asset.upload_json(self.rt.asset_link(asset)))
-
-    async def _store_part(self, part: BodyPartReader, limit: int) -> Asset:
-        name = _safe_filename(part.filename)
-        part_type = part.headers.get("Content-Type")
-        fmt = format_of(name, part_type)
-        if fmt is None:
-            await part.release()
-            raise ApiError(400, f"Unsupported file format: {name}")
-        store = self.rt.store
-        asset_id = store.ids.new()
-        folder = self.rt.workdir / "assets" / asset_id
-        path = folder / name
-        size = 0
-        try:
-            try:
-                # Filesystem calls go to a thread: a slow or busy disk must not stall the loop.
-                await asyncio.to_thread(folder.mkdir, parents=True)
-                fh = await aiofiles.open(path, "wb")
-            except (OSError, ValueError) as exc:  # ValueError: a NUL in the name
-                raise _storage_error(name, exc) from exc
-            try:
-                while True:
-                    chunk = await part.read_chunk(UPLOAD_CHUNK)
-                    if not chunk:
-                        break
-                    size += len(chunk)
-                    if size > limit:
-                        store.stats.uploads_rejected += 1
-                        raise ApiError(
-                            413, f"File exceeds the maximum size of {limit} bytes", close=True
-                        )
-                    try:
-                        await fh.write(chunk)
-                    except OSError as exc:
-                        raise _storage_error(name, exc) from exc
-            finally:
-                await fh.close()
-        except BaseException:
-            # Over the limit, client gone, cancelled, or the disk failed: no partial file
-            # stays behind. remove_tree is shielded: a second cancellation must not leave it.
-            # Errors ignored: cleanup runs while another error propagates, never replaces it.
-            with contextlib.suppress(Exception):
-                await remove_tree(folder)
-            raise
-        now = self.rt.clock()
-        mime = part_type.split(";")[0].strip() if part_type else ""
-        if not mime or mime == "application/octet-stream":
-            mime = MIME_TYPES[fmt].split(";")[0]
-        return Asset(
-            id=asset_id,
-            name=name,
-            format=fmt,
-            mime_type=mime,
-            path=path,
-            size=size,
-            created_at=now,
-            expires_at=now + self.rt.config.asset_ttl,
-            file_id=store.ids.new(),
-        )
 
     async def list_assets(self, request: web.Request) -> web.Response:
         """``GET /assets``: bare array, no links (as documented)."""
-        await self.sweep_expired_assets()
+        await self.uploads.sweep_expired_assets()
         return web.json_response([a.list_json() for a in self.rt.store.assets.values()])
 
     async def get_asset(self, request: web.Request) -> web.Response:
@@ -366,7 +189,7 @@ class ApiHandlers:
         body = await read_json(request)
         cfg = self.rt.config
         parsed = parse_task(body, cfg.max_targets)
-        self._check_credits()
+        check_credits(cfg.credits)
         if parsed.asset_id is not None:
             self._live_asset(parsed.asset_id)
         for target_request in parsed.targets:
@@ -411,7 +234,7 @@ class ApiHandlers:
         self.processor.submit(task)
         if faults.drop_after_create(cfg):
             # The ambiguous case: the task exists, but the client never learns its id.
-            return _drop(request)
+            return drop(request)
         return web.json_response(body_out)
 
     def _task(self, task_id: str) -> Task:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import ipaddress
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,10 +24,12 @@ import attrs
 import yarl
 
 from . import dsp
-from .catalog import CATALOG, ModelSpec
-from .cdn import FileEntry, content_type_for, file_sha256, new_file_id
+from .catalog import CATALOG, ModelSpec, format_of
+from .files import FileEntry, content_type_for, file_sha256, new_file_id
+from .http_common import is_loopback_url
 from .runtime import Runtime
 from .state import COMPLETED, ERROR, OutputFile, Target, Task, billed_minutes
+from .transcripts import parse_transcript, render_transcript
 
 #: Largest transcript the emulator fetches/reads for alignment.
 MAX_TRANSCRIPT_BYTES = 1024 * 1024
@@ -47,23 +48,6 @@ class Source:
     fmt: str = ""
     info: dsp.AudioInfo | None = None
     error: dsp.DspError | None = None
-
-
-def is_loopback_url(url: str) -> bool:
-    """True for http(s) URLs whose host is ``localhost`` or a loopback address."""
-    try:
-        parsed = yarl.URL(url)
-    except ValueError:
-        return False
-    host = (parsed.host or "").strip("[]").lower()
-    if parsed.scheme not in ("http", "https") or not host:
-        return False
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 #: A dsp renderer with everything but the output directory bound.
@@ -265,8 +249,6 @@ class Processor:
         return digest.hexdigest(), content_type
 
     async def _fetch_source(self, task: Task) -> tuple[str, Path, str]:
-        from .catalog import format_of
-
         assert task.url is not None
         name = Path(yarl.URL(task.url).path).name or "source"
         dest = self._rt.workdir / "sources" / task.id / name
@@ -297,7 +279,7 @@ class Processor:
         else:
             return None
         text = raw.decode("utf-8", errors="replace")
-        return hashlib.sha256(raw).hexdigest(), dsp.parse_transcript(text, fmt)
+        return hashlib.sha256(raw).hexdigest(), parse_transcript(text, fmt)
 
     # --- jobs ----------------------------------------------------------------------------
     async def _prepare(self, task: Task, target: Target, source: Source) -> Job | dsp.DspError:
@@ -355,7 +337,7 @@ class Processor:
             lines = transcript[1] if transcript else None
             key = (source.key, spec.id, target.language, transcript and transcript[0], fmt)
             render = functools.partial(
-                dsp.render_transcript, spec.id, source.info.duration, target.language, lines, fmt
+                render_transcript, spec.id, source.info.duration, target.language, lines, fmt
             )
         job = self._jobs.get(key)
         if job is None:

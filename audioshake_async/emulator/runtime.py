@@ -1,14 +1,13 @@
 """The shared state every part of a running emulator sees (config, store, links, faults).
 
 ``Emulator`` (the public facade in ``server.py``) owns one ``Runtime``; the API app, the
-CDN app, the processor and the webhook dispatcher all receive it, which keeps them free of
-import cycles and of any reference to the facade.
+CDN app, the uploads, the processor and the webhook dispatcher all receive it, which keeps
+them free of import cycles and of any reference to the facade. The legacy emulator builds
+one too, for the parts it reuses (processing, CDN, uploads).
 """
 
 from __future__ import annotations
 
-import asyncio
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,20 +16,11 @@ from typing import Any
 import aiohttp
 import attrs
 
-from .cdn import FileRegistry, LinkSigner
 from .config import EmulatorConfig
 from .faults import FaultInjector
+from .files import FileRegistry
+from .links import LinkSigner
 from .state import Asset, OutputFile, Store, Task
-
-
-async def remove_tree(path: Path) -> None:
-    """Delete ``path`` recursively in a worker thread (thousands of files block for a while)."""
-    try:
-        # Shielded: a cancelled aclose still removes the directory, in the background.
-        await asyncio.shield(asyncio.to_thread(shutil.rmtree, path, ignore_errors=True))
-    except RuntimeError:
-        # The loop's default executor is already shut down: remove it here instead.
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @attrs.define(eq=False)

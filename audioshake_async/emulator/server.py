@@ -15,16 +15,16 @@ import aiohttp
 from aiohttp import web
 
 from .app import API_ROUTES, create_api_app
-from .cdn import FileRegistry, LinkSigner, create_cdn_app
+from .cdn import create_cdn_app
 from .config import STARTUP_ONLY_KNOBS, EmulatorConfig
 from .faults import FaultInjector
+from .files import FileRegistry, remove_tree
+from .http_common import start_site
+from .links import LinkSigner
 from .processing import Processor
-from .runtime import Runtime, remove_tree
+from .runtime import Runtime
 from .state import Store, Target, Task
 from .webhooks import WebhookDispatcher
-
-#: Seconds aiohttp waits for in-flight requests when the emulator stops.
-SHUTDOWN_TIMEOUT = 0.5
 
 
 def _advertised_host(host: str) -> str:
@@ -110,27 +110,17 @@ class Emulator:
             self._webhooks = WebhookDispatcher(rt)
             self._processor = Processor(rt, self._on_terminal)
             # The CDN first: links handed out by the API need its real port.
-            cdn_port = await self._serve(create_cdn_app(rt), cfg.cdn_host, cfg.cdn_port)
+            cdn_port = await start_site(
+                create_cdn_app(rt), cfg.cdn_host, cfg.cdn_port, self._runners
+            )
             rt.cdn_base_url = f"http://{_advertised_host(cfg.cdn_host)}:{cdn_port}"
             api_app = create_api_app(rt, self._processor, self)
-            api_port = await self._serve(api_app, cfg.host, cfg.port)
+            api_port = await start_site(api_app, cfg.host, cfg.port, self._runners)
             self._base_url = f"http://{_advertised_host(cfg.host)}:{api_port}"
         except BaseException:
             await self.aclose()
             raise
         return self
-
-    async def _serve(self, app: web.Application, host: str, port: int) -> int:
-        runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT
-        )
-        await runner.setup()
-        self._runners.append(runner)
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        # Port 0 asked the OS for a free port: read back which one it gave.
-        address = runner.addresses[0]
-        return int(address[1])
 
     async def aclose(self) -> None:
         """Stop both servers, cancel processing and deliveries, remove the temp dir."""

@@ -1,4 +1,5 @@
-"""Pure request validation for ``POST /tasks``, ``GET /tasks`` and ``POST /webhooks``.
+"""Pure request validation for ``POST /tasks``, ``GET /tasks`` and ``POST /webhooks``, and
+the credit check that gates uploads and task creation.
 
 Documented rules [DOC] (API reference, seed 001): exactly one of ``url``/``assetId``;
 ``targets`` 1..20; ``metadata`` a string of at most 4096 characters; each target has a
@@ -58,6 +59,12 @@ def is_http_url(value: object) -> bool:
     except ValueError:
         return False
     return url.scheme in ("http", "https") and bool(url.host)
+
+
+def check_credits(credits: float | None) -> None:
+    """400 ``Insufficient credits`` once a limited balance (``credits`` knob) is spent."""
+    if credits is not None and credits <= 0:
+        raise ApiError(400, "Insufficient credits")
 
 
 def _bad(message: str) -> ApiError:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 
 import aiohttp
 
@@ -19,6 +20,44 @@ from .runtime import Runtime
 from .state import Target, Task
 
 USER_AGENT = "audioshake-emulator-webhooks"
+
+
+async def post_with_retries(
+    http: aiohttp.ClientSession,
+    url: str,
+    payload: bytes,
+    *,
+    user_agent: str,
+    retries: int,
+    backoff: float,
+    timeout: float,
+    stats: Counter[str],
+) -> None:
+    """POST a JSON ``payload``; retry non-2xx answers and errors ``retries`` times.
+
+    Waits ``backoff`` doubling before each retry; ``timeout`` 0 means none. Counts
+    ``deliveries_attempted|succeeded|failed``, ``attempts`` and ``retries`` in ``stats``.
+    """
+    stats["deliveries_attempted"] += 1
+    for attempt in range(retries + 1):
+        if attempt:
+            stats["retries"] += 1
+            await asyncio.sleep(backoff * 2 ** (attempt - 1))
+        stats["attempts"] += 1
+        try:
+            async with http.post(
+                url,
+                data=payload,
+                headers={"Content-Type": "application/json", "User-Agent": user_agent},
+                timeout=aiohttp.ClientTimeout(total=timeout or None),
+            ) as resp:
+                await resp.read()
+                if 200 <= resp.status < 300:
+                    stats["deliveries_succeeded"] += 1
+                    return
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            pass  # retried below like a non-2xx answer
+    stats["deliveries_failed"] += 1
 
 
 class WebhookDispatcher:
@@ -63,28 +102,17 @@ class WebhookDispatcher:
             await asyncio.sleep(delay)
         http = self._rt.http
         assert http is not None
-        stats = self._rt.store.stats.webhooks
-        stats["deliveries_attempted"] += 1
         cfg = self._rt.config
-        for attempt in range(cfg.webhook_retries + 1):
-            if attempt:
-                stats["retries"] += 1
-                await asyncio.sleep(cfg.webhook_backoff * 2 ** (attempt - 1))
-            stats["attempts"] += 1
-            try:
-                async with http.post(
-                    url,
-                    data=payload,
-                    headers={"Content-Type": "application/json", "User-Agent": USER_AGENT},
-                    timeout=aiohttp.ClientTimeout(total=cfg.webhook_timeout or None),
-                ) as resp:
-                    await resp.read()
-                    if 200 <= resp.status < 300:
-                        stats["deliveries_succeeded"] += 1
-                        return
-            except (aiohttp.ClientError, asyncio.TimeoutError):
-                pass  # retried below like a non-2xx answer
-        stats["deliveries_failed"] += 1
+        await post_with_retries(
+            http,
+            url,
+            payload,
+            user_agent=USER_AGENT,
+            retries=cfg.webhook_retries,
+            backoff=cfg.webhook_backoff,
+            timeout=cfg.webhook_timeout,
+            stats=self._rt.store.stats.webhooks,
+        )
 
     @property
     def busy(self) -> int:

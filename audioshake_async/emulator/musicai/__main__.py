@@ -1,0 +1,5 @@
+"""``python -m audioshake_async.emulator.musicai``."""
+
+from .cli import main
+
+raise SystemExit(main())
