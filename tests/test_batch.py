@@ -555,7 +555,7 @@ def test_journal_keys_keep_providers_apart() -> None:
 
 def test_a_completed_target_missing_a_format_is_a_problem() -> None:
     from audioshake_async import Output, TargetResult, Task
-    from audioshake_async.batch.engine import _missing_formats
+    from audioshake_async.batch.items import missing_formats as _missing_formats
 
     task = Task(
         "t",

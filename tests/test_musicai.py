@@ -718,3 +718,59 @@ def test_cli_refused_key_is_a_usage_error(tmp_path: pathlib.Path) -> None:
 
     status, _, err = asyncio.run(scenario())
     assert status == 2 and "refused (401)" in err
+
+
+# --------------------------------------------------------------------------- the seam
+
+
+def make_opus(tmp_path: pathlib.Path) -> pathlib.Path:
+    """An ``.opus`` input: a type Music.AI takes (it documents no list) and Tasks does not."""
+    wav = tmp_path / "src" / "song.wav"
+    write_wav(wav, seconds=0.25, rate=8000, seed=7)
+    opus = tmp_path / "in" / "song.opus"
+    opus.parent.mkdir(parents=True, exist_ok=True)
+    # The services judge the content; the extension is what the client-side checks look at.
+    opus.write_bytes(wav.read_bytes())
+    return opus
+
+
+async def test_an_opus_batch_completes_on_musicai_and_is_refused_by_tasks_first(
+    emu: MusicAIEmulator, tmp_path: pathlib.Path
+) -> None:
+    opus = make_opus(tmp_path)
+    async with make_client(emu) as client:
+        provider = MusicAIProvider(client, workflow="stems")
+        [result] = await collect(provider, [opus], tmp_path / "out")
+    assert result.status == "done", result.error
+    assert (tmp_path / "out" / "song" / "accompaniment.wav").exists()
+
+    # The Tasks API does not document .opus: refused by the provider's own check, no request.
+    from audioshake_async import AudioShake, Target
+    from audioshake_async.emulator import Emulator
+
+    async with (
+        Emulator(delay=0) as tasks_emu,
+        AudioShake(tasks_emu.api_key, tasks_emu.base_url) as tasks_client,
+    ):
+        batch = tasks_client.batch(
+            [opus], targets=[Target("vocals", ["wav"])], out_dir=tmp_path / "tasks-out"
+        )
+        [refused] = [r async for r in batch]
+        assert tasks_client.request_counts == {}
+    assert refused.status == "failed"
+    assert "unsupported file type" in (refused.error or "")
+
+
+def test_cli_musicai_walks_and_completes_an_opus_input(tmp_path: pathlib.Path) -> None:
+    opus = make_opus(tmp_path)
+    common = ["--emulator", "--emulator-delay", "0", str(opus.parent), "--json"]
+    status, out, err = run_cli(
+        "run", "--provider", "musicai", "--workflow", "stems", *common, "-o", str(tmp_path / "m")
+    )
+    assert status == 0, err
+    assert (json.loads(out)["done"], json.loads(out)["failed"]) == (1, 0)
+    # A Tasks run of the same directory does not pick the file up: nothing to do, no upload.
+    status, out, err = run_cli("run", "-m", "vocals", *common, "-o", str(tmp_path / "t"))
+    summary = json.loads(out)
+    assert (status, summary["items"]) == (0, 0), err
+    assert "POST /assets" not in summary["api_requests"]

@@ -6,26 +6,42 @@ downloaded output with its SHA-256. SQLite in WAL mode: every write is its own t
 the file is consistent after a ``kill -9`` at any moment.
 
 :class:`Journal` is the interface the engine uses; :class:`SqliteJournal` the embedded store.
-The engine calls it through :class:`AsyncJournal`, which runs each call on one worker thread so
-the event loop never blocks on disk.
+The engine calls it through :class:`AsyncJournal` and a typed :class:`ItemJournal` per item, which
+run each call on one worker thread so the event loop never blocks on disk.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import anyio
 import anyio.to_thread
 import attrs
 
-__all__ = ["AsyncJournal", "ItemRecord", "Journal", "OutputRecord", "SqliteJournal"]
+from .._convert import unstructure
+
+if TYPE_CHECKING:
+    from ..models import Target
+    from .seam import BatchProvider
+
+__all__ = [
+    "AsyncJournal",
+    "ItemJournal",
+    "ItemRecord",
+    "Journal",
+    "OutputRecord",
+    "SqliteJournal",
+    "journal_key",
+    "targets_signature",
+]
 
 T = TypeVar("T")
 
@@ -353,6 +369,121 @@ class AsyncJournal:
         self.journal = journal
         self._limiter = anyio.CapacityLimiter(1)
 
-    async def call(self, method: Callable[..., T], *args: Any) -> T:
-        """Run ``method(*args)`` off the event loop."""
-        return await anyio.to_thread.run_sync(method, *args, limiter=self._limiter)
+    async def claim_dir(self, source: str, stem: str) -> str:
+        """See :meth:`Journal.claim_dir`."""
+        return await anyio.to_thread.run_sync(
+            self.journal.claim_dir, source, stem, limiter=self._limiter
+        )
+
+    def item(self, source: str, targets: str) -> ItemJournal:
+        """The typed handle of one input and target set."""
+        return ItemJournal(self.journal, source, targets, self._limiter)
+
+
+class ItemJournal:
+    """The journal of one input and target set: each write typed, and run off the event loop.
+
+    Every method is the :class:`Journal` method of the same name, with the item's key filled in.
+    """
+
+    def __init__(
+        self, journal: Journal, source: str, targets: str, limiter: anyio.CapacityLimiter
+    ) -> None:
+        self._journal = journal
+        self._source = source
+        self._targets = targets
+        self._limiter = limiter
+
+    async def lookup(self) -> ItemRecord | None:
+        """The record, with its outputs."""
+        return await anyio.to_thread.run_sync(
+            self._journal.lookup, self._source, self._targets, limiter=self._limiter
+        )
+
+    async def reset(self, size: int | None, mtime_ns: int | None, sha256: str | None) -> None:
+        """Start afresh (new or changed input)."""
+        await anyio.to_thread.run_sync(
+            self._journal.reset,
+            self._source,
+            self._targets,
+            size,
+            mtime_ns,
+            sha256,
+            limiter=self._limiter,
+        )
+
+    async def touch_source(self, size: int, mtime_ns: int) -> None:
+        """The file was touched, its content unchanged."""
+        await anyio.to_thread.run_sync(
+            self._journal.touch_source,
+            self._source,
+            self._targets,
+            size,
+            mtime_ns,
+            limiter=self._limiter,
+        )
+
+    async def record_asset(
+        self, asset_id: str | None, uploaded_at: float | None, sha256: str | None = None
+    ) -> None:
+        """The upload finished (None: the asset is gone)."""
+        await anyio.to_thread.run_sync(
+            self._journal.record_asset,
+            self._source,
+            self._targets,
+            asset_id,
+            uploaded_at,
+            sha256,
+            limiter=self._limiter,
+        )
+
+    async def record_upload_intent(self, upload_name: str) -> None:
+        """About to upload under ``upload_name``."""
+        await anyio.to_thread.run_sync(
+            self._journal.record_upload_intent,
+            self._source,
+            self._targets,
+            upload_name,
+            limiter=self._limiter,
+        )
+
+    async def record_intent(self, token: str) -> None:
+        """About to create the task carrying ``token``."""
+        await anyio.to_thread.run_sync(
+            self._journal.record_intent, self._source, self._targets, token, limiter=self._limiter
+        )
+
+    async def record_task(self, task_id: str | None) -> None:
+        """The task exists (None: it is gone)."""
+        await anyio.to_thread.run_sync(
+            self._journal.record_task, self._source, self._targets, task_id, limiter=self._limiter
+        )
+
+    async def record_output(self, output: OutputRecord) -> None:
+        """One output file is complete."""
+        await anyio.to_thread.run_sync(
+            self._journal.record_output, self._source, self._targets, output, limiter=self._limiter
+        )
+
+    async def finish(self, status: str, error: str | None) -> None:
+        """The item ended."""
+        await anyio.to_thread.run_sync(
+            self._journal.finish, self._source, self._targets, status, error, limiter=self._limiter
+        )
+
+
+def targets_signature(targets: Sequence[Target]) -> str:
+    """A stable text identity of a target list (the journal keys items by input and this)."""
+    return json.dumps([unstructure(t) for t in targets], sort_keys=True, separators=(",", ":"))
+
+
+def journal_key(provider: BatchProvider, targets: Sequence[Target]) -> str:
+    """The journal's key for a target list on one provider.
+
+    Task ids of one provider mean nothing to another: a journal shared by a Tasks API run and a
+    legacy run must not resume one's tasks through the other: each provider names its own
+    namespace (an empty one keeps the bare signature).
+    """
+    signature = targets_signature(targets)
+    namespace = provider.journal_namespace
+    return f"{namespace}:{signature}" if namespace else signature

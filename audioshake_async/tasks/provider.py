@@ -3,19 +3,41 @@
 from __future__ import annotations
 
 import pathlib
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
 
 from ..batch.inputs import AUDIO_EXTENSIONS
 from ..core.download import DownloadedFile
+from ..core.http import PollPolicy
+from ..core.transport import Transport
 from ..core.upload import prepare_upload
 from ..models import MAX_METADATA_LENGTH, Output, Target, Task, validate_targets
+from .resources import AssetsResource, TasksResource
 from .wire import ASSET_LIFETIME, MAX_PAGE_SIZE, validate_upload
 
-if TYPE_CHECKING:
-    from .client import AudioShake
-
 __all__ = ["AudioShakeProvider"]
+
+
+class TasksClient(Protocol):
+    """What the provider uses of :class:`~audioshake_async.AudioShake` (which builds it, so
+    the provider names the shape, not the class)."""
+
+    poll: PollPolicy
+    assets: AssetsResource
+    tasks: TasksResource
+
+    @property
+    def transport(self) -> Transport:
+        """The shared transport."""
+
+    @property
+    def request_counts(self) -> Mapping[str, int]:
+        """Requests sent so far, by route."""
+
+    async def fetch_output(
+        self, task: Task, output: Output, destination: pathlib.Path, *, checksum: bool = True
+    ) -> DownloadedFile:
+        """Download one output atomically."""
 
 
 class AudioShakeProvider:
@@ -30,7 +52,7 @@ class AudioShakeProvider:
     journal_namespace = ""
     input_extensions = AUDIO_EXTENSIONS
 
-    def __init__(self, client: AudioShake) -> None:
+    def __init__(self, client: TasksClient) -> None:
         self.client = client
         self.poll = client.poll
         self.retry = client.transport.retry

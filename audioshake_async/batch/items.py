@@ -1,0 +1,166 @@
+"""The per-input record of a batch: its state is an enum, its journal a typed handle."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import logging
+import pathlib
+import uuid
+from collections.abc import (
+    Callable,
+)
+
+import attrs
+
+from ..core.files import safe_filename
+from ..models import Output, Task
+from .journal import ItemJournal, OutputRecord
+
+logger = logging.getLogger("audioshake_async.batch")
+
+
+#: Bytes read per step while hashing an input.
+HASH_CHUNK = 1 << 20
+
+
+class ItemState(enum.Enum):
+    """Where an item is; it only moves forward."""
+
+    #: Admitted: being uploaded or created (no task yet).
+    QUEUED = "queued"
+    #: Its task exists and the watcher refreshes it.
+    WATCHING = "watching"
+    #: Its task ended (or the item failed); downloads may still be running.
+    SETTLING = "settling"
+    #: Reported: its result was sent.
+    FINISHED = "finished"
+
+
+class Origin(enum.Enum):
+    """Where an item's task came from."""
+
+    #: Created by this run.
+    NEW = "new"
+    #: Found in the journal (an earlier run created it).
+    RESUMED = "resumed"
+    #: The journal's task was gone (404) and this run created it again (once).
+    RECREATED = "recreated"
+
+
+@attrs.define(eq=False)
+class WatchState:
+    """The watcher's bookkeeping of one task in flight."""
+
+    started: float = 0.0
+    next_due: float = 0.0
+    polls: int = 0
+    last_read_ok: float = 0.0
+    #: A delivery arrived since the last read began: read again at once, not at the next poll.
+    hinted: bool = False
+    unsubscribe: Callable[[], None] | None = None
+
+
+@attrs.define(eq=False)
+class Item:
+    """One input on its way through the pipeline."""
+
+    display: str
+    source: str
+    is_url: bool
+    directory: pathlib.Path
+    journal: ItemJournal
+    state: ItemState = ItemState.QUEUED
+    origin: Origin = Origin.NEW
+    size: int | None = None
+    mtime_ns: int | None = None
+    sha256: str | None = None
+    asset_id: str | None = None
+    upload_name: str | None = None
+    #: The asset was found gone once and uploaded again (never twice).
+    reuploaded: bool = False
+    token: str | None = None
+    #: Epoch seconds of the create intent: how far back a token search must look.
+    intent_at: float | None = None
+    task_id: str | None = None
+    task: Task | None = None
+    watch: WatchState = attrs.Factory(WatchState)
+    known_outputs: dict[str, OutputRecord] = attrs.Factory(dict)
+    used_names: set[str] = attrs.Factory(set)
+    dispatched: set[tuple[str, str, str]] = attrs.Factory(set)
+    reported_targets: set[str] = attrs.Factory(set)
+    files: list[pathlib.Path] = attrs.Factory(list)
+    problems: list[str] = attrs.Factory(list)
+    pending_downloads: int = 0
+
+    @property
+    def task_done(self) -> bool:
+        """Its task ended or the item failed: only downloads may be left."""
+        return self.state in (ItemState.SETTLING, ItemState.FINISHED)
+
+    @property
+    def finished(self) -> bool:
+        """Its result was reported."""
+        return self.state is ItemState.FINISHED
+
+    def settle(self) -> None:
+        """The task ended (or the item failed): finish once the downloads are done."""
+        if not self.finished:
+            self.state = ItemState.SETTLING
+
+
+@attrs.define(eq=False)
+class DownloadJob:
+    """One output of one item, to be written at ``path``."""
+
+    item: Item
+    output: Output
+    path: pathlib.Path
+
+
+def is_url(value: str) -> bool:
+    """True for an http(s) URL input (passed to the service as is)."""
+    return value.startswith(("https://", "http://"))
+
+
+def stem_of(source: str, is_url: bool) -> str:
+    """The output directory name of an input: its file name without extension, made safe."""
+    if is_url:
+        tail = source.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+        stem = tail.rsplit(".", 1)[0] if "." in tail else tail
+        return safe_filename(
+            stem, fallback="url-" + hashlib.sha256(source.encode()).hexdigest()[:8]
+        )
+    return safe_filename(pathlib.Path(source).stem, fallback="input")
+
+
+def unique_upload_name(filename: str) -> str:
+    """``song.wav`` -> ``song.ab12cd34ef.wav``: unique, same extension (the type)."""
+    stem, dot, ext = filename.rpartition(".")
+    tag = uuid.uuid4().hex[:10]
+    return f"{stem}.{tag}.{ext}" if dot and stem else f"{filename}.{tag}"
+
+
+def hash_file(path: pathlib.Path) -> str:
+    """SHA-256 of a file, read in chunks (runs in a worker thread)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def missing_formats(task: Task) -> list[str]:
+    """Completed targets that lack an output in a format they list: work not delivered."""
+    problems = []
+    for target in task.targets:
+        if not target.is_completed:
+            continue
+        delivered = {output.format.lower() for output in target.output}
+        # "auto" (a provider's own choice of format) promises no particular one.
+        missing = [f for f in target.formats if f.lower() not in delivered and f != "auto"]
+        if missing:
+            problems.append(
+                f"target {target.model} completed without its {', '.join(missing)} output"
+            )
+    return problems

@@ -1,0 +1,72 @@
+"""Every knob of a batch, typed, with its default and why."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import (
+    Mapping,
+)
+from typing import Any
+
+import attrs
+
+from .. import errors
+from ..core.http import PollPolicy
+from .seam import Hints
+
+logger = logging.getLogger("audioshake_async.batch")
+
+
+@attrs.frozen
+class BatchOptions:
+    """Tuning of a batch; the defaults suit the documented 60 requests/s account limit."""
+
+    upload_concurrency: int = 4
+    create_concurrency: int = 16
+    download_concurrency: int = 8
+    #: Tasks created and not yet finished, at most (bounds memory and open work).
+    max_in_flight: int = 1000
+    #: Seconds an item may wait for its task; None waits as long as it takes.
+    task_timeout: float | None = None
+    poll: PollPolicy | None = None
+    #: Extra fields for the task ``metadata`` (a JSON object that also carries the token).
+    metadata: Mapping[str, Any] | None = None
+    #: Seconds after which an uploaded source is uploaded again; None: the provider's source
+    #: lifetime less a margin (two hours of the Tasks API's 72).
+    asset_max_age: float | None = None
+    #: Pages of ``GET /tasks`` searched for a token after an ambiguous create when the intent
+    #: time is unknown; with it, the search goes back to an hour before the intent.
+    reconcile_pages: int = 10
+    #: ``POST /tasks`` attempts per item when each ends ambiguously and the token is not found.
+    create_attempts: int = 4
+    #: Refresh many tasks through ``GET /tasks`` pages when cheaper than one GET each.
+    list_refresh: bool = True
+    #: Requests at once while refreshing tasks.
+    poll_concurrency: int = 16
+    #: Compute SHA-256 of inputs and outputs for the journal.
+    checksum: bool = True
+    #: Deliveries drive the waiting: each one triggers one confirming GET; polling drops to
+    #: a slow safety poll (deliveries can be lost).
+    webhooks: Hints | None = None
+    #: Seconds between safety polls of a task while ``webhooks`` drive the waiting.
+    safety_poll: float = 180.0
+    #: Seconds a task may go without one successful read (outage, wrong provider) before its
+    #: item fails; a refusal (401, 403, 400) fails it at once. A rerun resumes it.
+    unreachable_timeout: float = 3600.0
+    #: Items an earlier run recorded as failed get a new task (billed again) instead of
+    #: re-reading the failed one; outputs already written are kept.
+    retry_failed: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        for name in (
+            "upload_concurrency",
+            "create_concurrency",
+            "download_concurrency",
+            "max_in_flight",
+            "create_attempts",
+            "poll_concurrency",
+        ):
+            if getattr(self, name) < 1:
+                raise errors.ValidationError(f"{name} must be at least 1")
+        if self.task_timeout is not None and self.task_timeout <= 0:
+            raise errors.ValidationError("task_timeout must be positive")

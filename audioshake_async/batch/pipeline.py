@@ -1,0 +1,461 @@
+"""The stages of a batch: admit -> upload -> create (token reconciliation) -> download."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+import random
+import time
+import uuid
+from typing import Any
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+import attrs
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from .. import errors
+from ..core.files import safe_filename
+from ..models import Target, Task
+from .events import (
+    BatchEvent,
+    BatchResult,
+    FileWritten,
+    ItemDone,
+    ItemFailed,
+    ItemQueued,
+    ItemSkipped,
+    ProgressHook,
+    TargetDone,
+    TaskCreated,
+    Uploaded,
+    UploadProgress,
+)
+from .items import (
+    DownloadJob,
+    Item,
+    ItemState,
+    Origin,
+    hash_file,
+    is_url,
+    missing_formats,
+    stem_of,
+    unique_upload_name,
+)
+from .journal import AsyncJournal, ItemRecord, OutputRecord, journal_key
+from .options import BatchOptions
+from .reconcile import find_by_token
+from .seam import BatchProvider
+from .watcher import Watcher
+
+logger = logging.getLogger("audioshake_async.batch")
+
+
+class Pipeline:
+    """The stages of one batch run and the state they share: admit, upload, create, download."""
+
+    def __init__(
+        self,
+        provider: BatchProvider,
+        targets: tuple[Target, ...],
+        out_dir: pathlib.Path,
+        journal: AsyncJournal,
+        progress: ProgressHook | None,
+        options: BatchOptions,
+        results: MemoryObjectSendStream[BatchResult],
+    ) -> None:
+        self.provider = provider
+        self.targets = targets
+        self.signature = journal_key(provider, targets)
+        self.out_dir = out_dir
+        self.journal = journal
+        self.progress = progress
+        self.options = options
+        self.results = results
+        self.poll = options.poll or provider.poll
+        self.in_flight = anyio.Semaphore(options.max_in_flight)
+        self.watcher = Watcher(self)
+        self.cwd = os.getcwd()
+        # Sources between admission and their result (at most max_in_flight of them): the same
+        # file listed twice must not be uploaded, billed and written twice at once.
+        self.active: set[str] = set()
+        lifetime = provider.source_lifetime
+        self.asset_max_age = lifetime - min(7200.0, lifetime / 10)
+        if options.asset_max_age is not None:
+            self.asset_max_age = min(options.asset_max_age, self.asset_max_age)
+
+    # ------------------------------------------------------------------ plumbing
+
+    def emit(self, event: BatchEvent) -> None:
+        if self.progress is None:
+            return
+        try:
+            self.progress(event)
+        except Exception:
+            # A broken progress display must not break the batch.
+            logger.exception("progress hook raised on %s", type(event).__name__)
+
+    async def fail(self, item: Item, error: BaseException | str) -> None:
+        """Record and report the item as failed, with what it did write."""
+        message = error if isinstance(error, str) else (str(error) or type(error).__name__)
+        item.problems.append(message)
+        item.settle()
+        await self.maybe_finish(item)
+
+    async def maybe_finish(self, item: Item) -> None:
+        """Finish the item once its task is done and no download is pending."""
+        if item.finished or not item.task_done or item.pending_downloads:
+            return
+        item.state = ItemState.FINISHED
+        self.active.discard(item.source)
+        task = item.task
+        if task is not None:
+            for target in task.failed_targets:
+                detail = target.error.message if target.error and target.error.message else ""
+                item.problems.append(
+                    f"target {target.model} failed" + (f": {detail}" if detail else "")
+                )
+            item.problems.extend(missing_formats(task))
+        status = "failed" if item.problems else "done"
+        error = "; ".join(item.problems) or None
+        with anyio.CancelScope(shield=True):
+            await item.journal.finish(status, error)
+        files = tuple(item.files)
+        if status == "done":
+            self.emit(ItemDone(item.display, files))
+        else:
+            self.emit(ItemFailed(item.display, error or "failed"))
+        await self.results.send(
+            BatchResult(item.display, status, task, files, error, item.directory)
+        )
+        self.in_flight.release()
+
+    def metadata_for(self, item: Item, token: str) -> str:
+        extra = dict(self.options.metadata or {})
+        payload: dict[str, Any] = {**extra, "client_token": token}
+        name = pathlib.PurePosixPath(item.display).name if not item.is_url else item.display
+        payload["input"] = name[:512]
+        text = json.dumps(payload, separators=(",", ":"), sort_keys=True)
+        if len(text) > self.provider.metadata_limit:
+            text = json.dumps({"client_token": token}, separators=(",", ":"))
+        return text
+
+    # ------------------------------------------------------------------ admit
+
+    async def admit(
+        self,
+        raw: str | os.PathLike[str],
+        upload: MemoryObjectSendStream[Item],
+        create: MemoryObjectSendStream[Item],
+    ) -> None:
+        """Decide where one input enters the pipeline (or report it skipped or failed)."""
+        display = os.fspath(raw)
+        self.emit(ItemQueued(display))
+        as_url = isinstance(raw, str) and is_url(raw)
+        # Pure string work (the working directory was read once): no blocking call here.
+        source = display if as_url else os.path.normpath(os.path.join(self.cwd, display))  # noqa: ASYNC240
+        if source in self.active:
+            self.emit(ItemSkipped(display))
+            await self.results.send(
+                BatchResult(display, "skipped", error="the same input is already in this batch")
+            )
+            self.in_flight.release()
+            return
+        self.active.add(source)
+        stem = stem_of(source, as_url)
+        dirname = await self.journal.claim_dir(source, stem)
+        item = Item(
+            display,
+            source,
+            as_url,
+            self.out_dir / dirname,
+            self.journal.item(source, self.signature),
+        )
+        try:
+            record = await item.journal.lookup()
+            if not as_url:
+                size = await self.provider.check_source(pathlib.Path(source))
+                stat = await anyio.to_thread.run_sync(os.stat, source)
+                item.size, item.mtime_ns = size, stat.st_mtime_ns
+                record = await self._check_content(item, record)
+            elif record is None:
+                await item.journal.reset(None, None, None)
+        except errors.AudioShakeError as exc:
+            await self.fail(item, exc)
+            return
+        except OSError as exc:
+            await self.fail(item, f"{display}: {exc.strerror or exc}")
+            return
+        if record is not None:
+            item.known_outputs = {o.filename: o for o in record.outputs}
+            item.token, item.task_id = record.token, record.task_id
+            item.upload_name = record.upload_name
+            if record.status == "done" and await self._outputs_present(item):
+                item.state = ItemState.FINISHED
+                self.active.discard(source)
+                item.files = [item.directory / name for name in sorted(item.known_outputs)]
+                self.emit(ItemSkipped(display))
+                await self.results.send(
+                    BatchResult(display, "skipped", None, tuple(item.files), None, item.directory)
+                )
+                self.in_flight.release()
+                return
+            fresh = (
+                record.asset_uploaded_at is not None
+                and time.time() - record.asset_uploaded_at < self.asset_max_age
+            )
+            if record.task_id and self.options.retry_failed and record.status == "failed":
+                # Asked for explicitly: the failed task is left behind and new work created.
+                await item.journal.record_task(None)
+                record = attrs.evolve(record, task_id=None, token=None)
+                item.token = item.task_id = None
+            if record.task_id:
+                item.origin = Origin.RESUMED
+                item.asset_id = record.asset_id if fresh else None
+                self.emit(TaskCreated(display, record.task_id, resumed=True))
+                await self.watcher.add(item)
+                return
+            if record.token:
+                item.intent_at = record.updated_at
+            if record.asset_id and fresh:
+                item.asset_id = record.asset_id
+                self.emit(Uploaded(display, record.asset_id, item.size or 0, reused=True))
+                await create.send(item)
+                return
+        if as_url:
+            await create.send(item)
+        else:
+            await upload.send(item)
+
+    async def _check_content(self, item: Item, record: ItemRecord | None) -> ItemRecord | None:
+        """Compare the file with the journal; a changed file starts over (None)."""
+        if record is not None and record.size == item.size and record.mtime_ns == item.mtime_ns:
+            item.sha256 = record.sha256
+            return record
+        if record is not None and record.sha256 and self.options.checksum:
+            digest = await anyio.to_thread.run_sync(hash_file, pathlib.Path(item.source))
+            if digest == record.sha256:
+                assert item.size is not None and item.mtime_ns is not None
+                await item.journal.touch_source(item.size, item.mtime_ns)
+                item.sha256 = digest
+                return record
+            item.sha256 = digest
+        await item.journal.reset(item.size, item.mtime_ns, item.sha256)
+        return None
+
+    async def _outputs_present(self, item: Item) -> bool:
+        def check() -> bool:
+            for name, output in item.known_outputs.items():
+                path = item.directory / name
+                try:
+                    if path.stat().st_size != output.size:
+                        return False
+                except OSError:
+                    return False
+            return bool(item.known_outputs)
+
+        return await anyio.to_thread.run_sync(check)
+
+    # ------------------------------------------------------------------ upload
+
+    async def upload_worker(
+        self, inbox: MemoryObjectReceiveStream[Item], create: MemoryObjectSendStream[Item]
+    ) -> None:
+        async with inbox, create:
+            async for item in inbox:
+                try:
+                    await self.upload(item)
+                except (errors.AudioShakeError, OSError) as exc:
+                    await self.fail(item, exc)
+                    continue
+                await create.send(item)
+
+    async def upload(self, item: Item) -> None:
+        """Upload the item's file and record the asset."""
+        path = pathlib.Path(item.source)
+        if item.sha256 is None and self.options.checksum:
+            item.sha256 = await anyio.to_thread.run_sync(hash_file, path)
+        display = item.display
+
+        def on_progress(sent: int, total: int) -> None:
+            self.emit(UploadProgress(display, sent, total))
+
+        if item.upload_name is not None:
+            # An earlier run was stopped during this upload: it may have completed.
+            found = await self.provider.find_upload(item.upload_name)
+            if found is not None:
+                item.asset_id = found
+                await item.journal.record_asset(
+                    found,
+                    time.time(),
+                    item.sha256,
+                )
+                self.emit(Uploaded(display, found, item.size or 0, reused=True))
+                return
+        item.upload_name = unique_upload_name(path.name)
+        await item.journal.record_upload_intent(item.upload_name)
+        asset_id = await self.provider.upload(path, item.upload_name, on_progress)
+        item.asset_id = asset_id
+        await item.journal.record_asset(asset_id, time.time(), item.sha256)
+        self.emit(Uploaded(display, asset_id, item.size or 0))
+
+    # ------------------------------------------------------------------ create
+
+    async def create_worker(self, inbox: MemoryObjectReceiveStream[Item]) -> None:
+        async with inbox:
+            async for item in inbox:
+                try:
+                    await self.create(item)
+                except (errors.AudioShakeError, OSError) as exc:
+                    await self.fail(item, exc)
+                    continue
+                await self.watcher.add(item)
+
+    async def create(self, item: Item) -> None:
+        """Create the item's task exactly once, recovering it by token after ambiguous ends."""
+        if item.token:
+            # An intent from an earlier run: the task may exist though its id was never saved.
+            found = await self.find_by_token(item.token, since=item.intent_at)
+            if found is not None:
+                await self._adopt(item, found, recovered=True)
+                return
+        token = item.token or uuid.uuid4().hex
+        item.token = token
+        if item.intent_at is None:
+            item.intent_at = time.time()
+        await item.journal.record_intent(token)
+        metadata = self.metadata_for(item, token)
+        last_error: BaseException | None = None
+        for attempt in range(1, self.options.create_attempts + 1):
+            try:
+                task = await self.provider.create(
+                    source=None if item.is_url else item.asset_id,
+                    url=item.source if item.is_url else None,
+                    targets=self.targets,
+                    metadata=metadata,
+                )
+            except (errors.APIConnectionError, errors.ServerError, errors.RateLimitError) as exc:
+                if isinstance(exc, errors.AmbiguousRequestError) and not (
+                    self.provider.supports_listing
+                ):
+                    # Sent, unanswered, and no listing to look it up: a retry could bill the
+                    # work twice. Reported instead; a rerun (the user's call) tries again.
+                    raise errors.AmbiguousRequestError(
+                        f"{exc}; {self.provider.name} has no listing to check it, so it was not "
+                        "retried: look in the dashboard before running this input again"
+                    ) from None
+                last_error = exc
+                logger.info(
+                    "create for %s ended ambiguously (%s); looking up its token",
+                    item.display,
+                    type(exc).__name__,
+                )
+                found = await self.find_by_token(token, since=item.intent_at)
+                if found is not None:
+                    await self._adopt(item, found, recovered=True)
+                    return
+                await anyio.sleep(self.provider.retry.delay(attempt, random.random()))
+                continue
+            except errors.NotFoundError as exc:
+                if item.is_url or item.reuploaded:
+                    raise
+                # The asset expired or vanished: upload again, once.
+                logger.info("asset of %s not found (%s); uploading again", item.display, exc)
+                item.reuploaded = True
+                item.upload_name = None
+                await item.journal.record_asset(None, None, None)
+                await self.upload(item)
+                continue
+            await self._adopt(item, task, recovered=False)
+            return
+        raise errors.AudioShakeError(
+            f"task creation failed {self.options.create_attempts} times: {last_error}"
+        )
+
+    async def _adopt(self, item: Item, task: Task, *, recovered: bool) -> None:
+        item.task_id = task.id
+        item.task = task
+        await item.journal.record_task(task.id)
+        self.emit(TaskCreated(item.display, task.id, recovered=recovered))
+
+    async def find_by_token(self, token: str, *, since: float | None = None) -> Task | None:
+        """The task carrying ``token``, if an earlier create made it (see :func:`find_by_token`)."""
+        return await find_by_token(
+            self.provider, token, since=since, pages=self.options.reconcile_pages
+        )
+
+    async def recreate(self, item: Item) -> None:
+        """The journal's task is gone (404): create it again (uploading again if needed)."""
+        try:
+            item.origin = Origin.RECREATED
+            item.task_id, item.task, item.token, item.intent_at = None, None, None, None
+            await item.journal.record_task(None)
+            if not item.is_url and item.asset_id is None:
+                await self.upload(item)
+            await self.create(item)
+        except (errors.AudioShakeError, OSError) as exc:
+            await self.fail(item, exc)
+            return
+        await self.watcher.add(item)
+
+    # ------------------------------------------------------------------ download
+
+    def plan_downloads(self, item: Item, task: Task) -> list[DownloadJob]:
+        """Download jobs for targets that completed since the last look."""
+        jobs = []
+        for target in task.targets:
+            if target.is_terminal and target.id not in item.reported_targets:
+                item.reported_targets.add(target.id)
+                self.emit(TargetDone(item.display, task.id, target.id, target.model, target.status))
+            if not target.is_completed:
+                continue
+            for output in target.output:
+                key = (target.id, output.name, output.format)
+                if key in item.dispatched:
+                    continue
+                item.dispatched.add(key)
+                name = safe_filename(output.name, output.format)
+                base, counter = safe_filename(output.name), 2
+                while name.lower() in item.used_names:
+                    name = safe_filename(f"{base}_{counter}", output.format)
+                    counter += 1
+                item.used_names.add(name.lower())
+                item.pending_downloads += 1
+                jobs.append(DownloadJob(item, output, item.directory / name))
+        return jobs
+
+    async def download_worker(self, inbox: MemoryObjectReceiveStream[DownloadJob]) -> None:
+        async with inbox:
+            async for job in inbox:
+                try:
+                    await self.download(job)
+                except (errors.AudioShakeError, OSError) as exc:
+                    job.item.problems.append(f"{job.path.name}: {exc}")
+                job.item.pending_downloads -= 1
+                await self.maybe_finish(job.item)
+
+    async def download(self, job: DownloadJob) -> None:
+        """Download one output unless an earlier run already wrote it completely."""
+        item = job.item
+        known = item.known_outputs.get(job.path.name)
+        if known is not None:
+            try:
+                size = (await anyio.to_thread.run_sync(job.path.stat)).st_size
+            except OSError:
+                size = -1
+            if size == known.size:
+                item.files.append(job.path)
+                return
+        assert item.task is not None
+        done = await self.provider.fetch_output(
+            item.task, job.output, job.path, checksum=self.options.checksum
+        )
+        record = OutputRecord(job.path.name, done.size, done.sha256)
+        with anyio.CancelScope(shield=True):
+            await item.journal.record_output(record)
+        item.known_outputs[record.filename] = record
+        item.files.append(job.path)
+        self.emit(FileWritten(item.display, job.path, done.size))

@@ -1,0 +1,319 @@
+"""One loop that refreshes every task in flight: single reads or list pages, and hints."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import math
+import random
+import time
+from typing import Protocol
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+from anyio.streams.memory import MemoryObjectSendStream
+
+from .. import errors
+from ..core.http import PollPolicy
+from ..models import Task, merge_task_snapshot
+from .items import DownloadJob, Item, Origin
+from .options import BatchOptions
+from .seam import BatchProvider
+
+logger = logging.getLogger("audioshake_async.batch")
+
+
+class Stages(Protocol):
+    """What the watcher needs of the pipeline: its settings and the stages it hands items to.
+
+    A protocol, not the pipeline class: the pipeline builds the watcher, so the watcher must
+    not import it back.
+    """
+
+    provider: BatchProvider
+    options: BatchOptions
+    poll: PollPolicy
+
+    def plan_downloads(self, item: Item, task: Task) -> list[DownloadJob]:
+        """Download jobs for the targets that completed since the last look."""
+
+    async def fail(self, item: Item, error: BaseException | str) -> None:
+        """Record and report the item as failed."""
+
+    async def maybe_finish(self, item: Item) -> None:
+        """Finish the item once its task is done and no download is pending."""
+
+    async def recreate(self, item: Item) -> None:
+        """Create again a task that is gone."""
+
+
+#: Errors after which reading a task again cannot help.
+_REFUSED = (errors.AuthenticationError, errors.PermissionDeniedError, errors.BadRequestError)
+
+
+class Watcher:
+    """Refreshes every task in flight from one loop, each on its own backoff schedule."""
+
+    def __init__(self, pipeline: Stages) -> None:
+        self.pipeline = pipeline
+        self.pending: dict[str, Item] = {}
+        self._schedule: list[tuple[float, int, str]] = []
+        self._sequence = itertools.count()
+        self._wake = anyio.Event()
+        self._producers_done = False
+        self.downloads: MemoryObjectSendStream[DownloadJob] | None = None
+        self._recreating = 0
+        self._group: anyio.abc.TaskGroup | None = None
+
+    async def add(self, item: Item) -> None:
+        """Start watching an item whose task exists."""
+        assert item.task_id is not None
+        item.watch.started = item.watch.last_read_ok = time.monotonic()
+        if item.task is not None:
+            # The create response is a snapshot too: nothing is due before the first interval.
+            if await self._absorb(item, item.task):
+                return
+            due = self._next_due(item)
+        else:
+            due = time.monotonic()
+        self.pending[item.task_id] = item
+        self._schedule_at(item, due)
+        receiver = self.pipeline.options.webhooks
+        if receiver is not None:
+            task_id = item.task_id
+            item.watch.unsubscribe = receiver.subscribe(task_id, lambda _: self.hint(task_id))
+        self._wake.set()
+
+    def hint(self, task_id: str) -> None:
+        """A delivery says the task changed: confirm it with a GET as soon as possible."""
+        item = self.pending.get(task_id)
+        if item is None or item.finished:
+            return
+        # Remembered even when a read is due or in flight: that read may have been answered
+        # before this delivery's change, and the next regular read is a safety poll away.
+        item.watch.hinted = True
+        if item.watch.next_due > time.monotonic():
+            self._schedule_at(item, time.monotonic())
+            self._wake.set()
+
+    def _interval(self, item: Item) -> float:
+        if self.pipeline.options.webhooks is not None:
+            return self.pipeline.options.safety_poll
+        return self.pipeline.poll.interval(item.watch.polls + 1, random.random())
+
+    def _leave(self, item: Item) -> None:
+        assert item.task_id is not None
+        self.pending.pop(item.task_id, None)
+        if item.watch.unsubscribe is not None:
+            item.watch.unsubscribe()
+            item.watch.unsubscribe = None
+
+    def close(self) -> None:
+        """No more items will be added."""
+        self._producers_done = True
+        self._wake.set()
+
+    def _schedule_at(self, item: Item, due: float) -> None:
+        assert item.task_id is not None
+        # Heap entries are never removed; one whose time is not the item's next_due is stale.
+        item.watch.next_due = due
+        heapq.heappush(self._schedule, (due, next(self._sequence), item.task_id))
+
+    def _pop_until(self, limit: float) -> list[Item]:
+        items = []
+        while self._schedule and self._schedule[0][0] <= limit:
+            due, _, task_id = heapq.heappop(self._schedule)
+            item = self.pending.get(task_id)
+            if item is not None and not item.finished and item.watch.next_due == due:
+                items.append(item)
+        return items
+
+    async def run(self) -> None:
+        """Poll until every item is finished and no more will come."""
+        assert self.downloads is not None
+        try:
+            async with anyio.create_task_group() as group:
+                self._group = group
+                await self._loop()
+        finally:
+            for item in list(self.pending.values()):
+                if item.watch.unsubscribe is not None:
+                    item.watch.unsubscribe()
+
+    async def _loop(self) -> None:
+        assert self.downloads is not None
+        async with self.downloads:
+            while True:
+                if self._producers_done and not self.pending and not self._recreating:
+                    return
+                now = time.monotonic()
+                if not self._schedule or self._schedule[0][0] > now:
+                    self._wake = anyio.Event()
+                    delay = self._schedule[0][0] - now if self._schedule else math.inf
+                    with anyio.move_on_after(delay):
+                        await self._wake.wait()
+                    continue
+                # Tasks due within the next polling interval may ride along on list pages.
+                window = self.pipeline.poll.initial_interval
+                candidates = self._pop_until(now + window)
+                due = [item for item in candidates if item.watch.next_due <= now]
+                if self._list_is_cheaper(len(candidates)):
+                    await self._refresh(candidates, by_list=True)
+                else:
+                    for item in candidates:
+                        if item.watch.next_due > now:
+                            self._schedule_at(item, item.watch.next_due)
+                    await self._refresh(due, by_list=False)
+
+    def _start_recreate(self, item: Item) -> None:
+        assert self._group is not None
+        self._recreating += 1
+
+        async def run() -> None:
+            try:
+                await self.pipeline.recreate(item)
+            finally:
+                self._recreating -= 1
+                self._wake.set()
+
+        self._group.start_soon(run)
+
+    def _pages_estimate(self) -> int:
+        return math.ceil(len(self.pending) / self.pipeline.provider.page_size) + 1
+
+    def _list_is_cheaper(self, wanted: int) -> bool:
+        """A list sweep costs about one request per page of tasks in flight."""
+        return (
+            self.pipeline.options.list_refresh
+            and self.pipeline.provider.supports_listing
+            and wanted > 2 * self._pages_estimate()
+        )
+
+    async def _refresh(self, due: list[Item], *, by_list: bool) -> None:
+        if not due:
+            return
+        for item in due:
+            item.watch.hinted = False  # a delivery from now on needs a read after this one
+        options = self.pipeline.options
+        provider = self.pipeline.provider
+        snapshots: dict[str, Task] = {}
+        if by_list:
+            snapshots = await self._refresh_by_list(
+                {item.task_id for item in due if item.task_id}, self._pages_estimate()
+            )
+        missing = [item for item in due if item.task_id not in snapshots]
+        limiter = anyio.CapacityLimiter(options.poll_concurrency)
+        failures: dict[str, BaseException] = {}
+
+        async def get_one(item: Item) -> None:
+            assert item.task_id is not None
+            async with limiter:
+                try:
+                    snapshots[item.task_id] = await provider.get(item.task_id)
+                except errors.AudioShakeError as exc:
+                    failures[item.task_id] = exc
+
+        if missing:
+            async with anyio.create_task_group() as group:
+                for item in missing:
+                    group.start_soon(get_one, item)
+        refreshed = set()
+        for item in due:
+            assert item.task_id is not None
+            refreshed.add(item.task_id)
+            snapshot = snapshots.get(item.task_id)
+            if snapshot is not None:
+                if await self._absorb(item, snapshot):
+                    continue
+            else:
+                error = failures.get(item.task_id)
+                if isinstance(error, errors.NotFoundError):
+                    self._leave(item)
+                    if item.origin is Origin.RESUMED:
+                        # An earlier run's task is gone and its outputs are missing: the work
+                        # was never delivered, so it is created again (once).
+                        logger.info(
+                            "task %s of %s is gone; creating it again", item.task_id, item.display
+                        )
+                        self._start_recreate(item)
+                    else:
+                        await self.pipeline.fail(item, f"task {item.task_id} no longer exists")
+                    continue
+                if error is not None:
+                    logger.info("refresh of task %s failed: %s", item.task_id, error)
+                    unreachable = time.monotonic() - item.watch.last_read_ok
+                    if isinstance(error, _REFUSED) or (
+                        unreachable >= self.pipeline.options.unreachable_timeout
+                    ):
+                        self._leave(item)
+                        await self.pipeline.fail(
+                            item, f"task {item.task_id} could not be read: {error}"
+                        )
+                        continue
+            self._reschedule(item)
+        # Tasks seen on a page although not due yet count as refreshed too.
+        for task_id, snapshot in snapshots.items():
+            other = self.pending.get(task_id)
+            if other is None or task_id in refreshed or other.finished:
+                continue
+            if not await self._absorb(other, snapshot):
+                self._reschedule(other)
+
+    async def _refresh_by_list(self, wanted: set[str], pages_estimate: int) -> dict[str, Task]:
+        found: dict[str, Task] = {}
+        page_size = self.pipeline.provider.page_size
+        skip = 0
+        for _ in range(max(3, 2 * pages_estimate)):
+            try:
+                page = await self.pipeline.provider.page(skip=skip, take=page_size)
+            except errors.AudioShakeError as exc:
+                logger.info("list refresh failed (%s); falling back to single gets", exc)
+                break
+            for task in page:
+                if task.id in self.pending:
+                    found[task.id] = task
+            if wanted <= found.keys() or len(page) < page_size:
+                break
+            skip += page_size
+        return found
+
+    def _next_due(self, item: Item) -> float:
+        """When to read the task next: its interval, but never past its timeout."""
+        delay = self._interval(item)
+        timeout = self.pipeline.options.task_timeout
+        if timeout is not None:
+            remaining = item.watch.started + timeout - time.monotonic()
+            delay = max(0.0, min(delay, remaining))
+        return time.monotonic() + delay
+
+    def _reschedule(self, item: Item) -> None:
+        assert item.task_id is not None
+        item.watch.polls += 1
+        self._schedule_at(item, time.monotonic() if item.watch.hinted else self._next_due(item))
+
+    async def _absorb(self, item: Item, snapshot: Task) -> bool:
+        """Take in a snapshot; dispatch new outputs; True when the item left the watch."""
+        assert item.task_id is not None
+        item.watch.last_read_ok = time.monotonic()
+        item.task = merge_task_snapshot(
+            item.task if item.task is not None and item.task.id == snapshot.id else None, snapshot
+        )
+        jobs = self.pipeline.plan_downloads(item, item.task)
+        for job in jobs:
+            assert self.downloads is not None
+            await self.downloads.send(job)
+        if item.task.is_done:
+            self._leave(item)
+            item.settle()
+            await self.pipeline.maybe_finish(item)
+            return True
+        timeout = self.pipeline.options.task_timeout
+        if timeout is not None and time.monotonic() - item.watch.started >= timeout:
+            self._leave(item)
+            await self.pipeline.fail(
+                item, errors.TaskTimeoutError(item.task_id, timeout, item.task)
+            )
+            return True
+        return False
