@@ -20,7 +20,7 @@ import anyio
 
 from .. import errors
 from ..models import Output
-from .download import DownloadedFile
+from .download import DownloadedFile, DownloadProgress, fetch_to_file
 from .http import DEFAULT_RATE_LIMIT, PollPolicy, RetryPolicy
 from .transport import Timeouts, Transport
 
@@ -115,6 +115,25 @@ class ServiceClient:
     async def aclose(self) -> None:
         """Close the owned HTTP session (an injected one stays open)."""
         await self._transport.aclose()
+
+    async def _fetch_link(
+        self,
+        link: str,
+        destination: str | os.PathLike[str],
+        refresh: Callable[[], Awaitable[str]],
+        *,
+        checksum: bool,
+        progress: DownloadProgress | None,
+    ) -> DownloadedFile:
+        """Stream ``link`` to ``destination`` atomically; ``refresh`` renews a refused link."""
+        return await fetch_to_file(
+            self._transport,
+            link,
+            pathlib.Path(destination),
+            refresh=refresh,
+            checksum=checksum,
+            progress=progress,
+        )
 
 
 async def poll_until(

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from .. import errors
-from ..core.download import DownloadedFile, DownloadProgress, fetch_to_file
+from ..core.download import DownloadedFile, DownloadProgress
 from ..core.files import plan_output_paths
 from ..core.http import DEFAULT_RATE_LIMIT, PollPolicy, RetryPolicy, redact_url, require_id
 from ..core.service import ServiceClient, download_all, poll_until, secret_from
@@ -312,13 +312,8 @@ class LegacyClient(ServiceClient):
                 f"job {job_id} no longer lists output {converted.filename!r}"
             )
 
-        return await fetch_to_file(
-            self._transport,
-            converted.link,
-            pathlib.Path(destination),
-            refresh=refresh,
-            checksum=checksum,
-            progress=progress,
+        return await self._fetch_link(
+            converted.link, destination, refresh, checksum=checksum, progress=progress
         )
 
     async def download(

@@ -13,7 +13,7 @@ import anyio.to_thread
 import attrs
 
 from .. import errors
-from ..core.download import DownloadedFile, DownloadProgress, fetch_to_file
+from ..core.download import DownloadedFile, DownloadProgress
 from ..core.files import plan_output_paths, write_json_atomic
 from ..core.http import DEFAULT_RATE_LIMIT, PollPolicy, RetryPolicy, structure_as
 from ..core.service import ServiceClient, download_all, fresh_link_from, secret_from
@@ -189,13 +189,8 @@ class MusicAI(ServiceClient):
             missing = f"job {job_id} no longer lists output {output.name!r}"
             return await fresh_link_from(lookup, self._transport.retry, missing)
 
-        return await fetch_to_file(
-            self._transport,
-            output.link,
-            pathlib.Path(destination),
-            refresh=refresh,
-            checksum=checksum,
-            progress=progress,
+        return await self._fetch_link(
+            output.link, destination, refresh, checksum=checksum, progress=progress
         )
 
     async def download(

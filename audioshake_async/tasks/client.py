@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from ..core.download import DownloadedFile, DownloadProgress, fetch_to_file
+from ..core.download import DownloadedFile, DownloadProgress
 from ..core.files import plan_output_paths
 from ..core.http import DEFAULT_RATE_LIMIT, PollPolicy, RetryPolicy
 from ..core.service import ServiceClient, download_all, fresh_link_from, secret_from
@@ -110,13 +110,8 @@ class AudioShake(ServiceClient):
             missing = f"task {task.id} no longer lists output {output.filename!r}"
             return await fresh_link_from(lookup, self._transport.retry, missing)
 
-        return await fetch_to_file(
-            self._transport,
-            output.link,
-            pathlib.Path(destination),
-            refresh=refresh,
-            checksum=checksum,
-            progress=progress,
+        return await self._fetch_link(
+            output.link, destination, refresh, checksum=checksum, progress=progress
         )
 
     async def download(
