@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 
 from audioshake_async.emulator import Emulator
+from audioshake_async.emulator.dsp import have_soundfile
 from audioshake_async.emulator.testing import upload_file, write_wav
 
 # --- documented examples (audioshake-api.md §1-§4, seeds 001 and 003) -------------------------
@@ -312,6 +313,10 @@ async def test_models_conform(emu: Emulator, http: aiohttp.ClientSession) -> Non
     }
     assert models["music_detection"]["outputFormats"] == ["json", "txt"]
     assert models["alignment"]["outputFormats"] == ["json", "srt", "txt"]
+    # Only what the emulator can write is listed: no mp3/mp4 that would end in "error".
+    writable = ["aiff", "wav", "flac"] if have_soundfile() else ["wav"]
+    assert models["vocals"]["outputFormats"] == writable
+    assert models["bass"]["outputFormats"] == writable
     assert models["dialogue"]["creditsPerMinute"] == 1.5
     gated = models["multi_voice"]
     assert gated["access"] == "request_access" and "creditsPerMinute" not in gated

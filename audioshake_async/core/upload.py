@@ -1,6 +1,6 @@
 """Streaming multipart upload bodies, rebuilt for every attempt, with progress.
 
-A path is reopened on each attempt and read in chunks off the event loop (aiofiles), so a 2 GB
+A path is reopened on each attempt and read in chunks off the event loop (worker threads), so a 2 GB
 upload holds one chunk in memory and a retry never replays an exhausted handle.
 """
 
@@ -14,8 +14,7 @@ import stat as stat_module
 from collections.abc import Callable
 from typing import BinaryIO
 
-import aiofiles
-import aiofiles.os
+import anyio
 import anyio.to_thread
 import attrs
 from aiohttp import MultipartWriter, hdrs
@@ -150,7 +149,7 @@ async def prepare_upload(
     if isinstance(source, (str, os.PathLike)):
         path = pathlib.Path(source)
         try:
-            stat = await aiofiles.os.stat(path)
+            stat = await anyio.Path(path).stat()
         except FileNotFoundError:
             raise errors.ValidationError(f"{str(path)!r} does not exist") from None
         except OSError as exc:

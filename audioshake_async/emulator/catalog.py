@@ -7,11 +7,16 @@ music_detection, transcription/alignment and multi_voice come from older copies 
 The response shape (``{"models": [...]}`` with ``id``, ``name``, ``category``,
 ``description``, ``access``, ``creditsPerMinute``, ``inputs``, ``outputFormats``,
 ``limits``) follows the documented ``GET /models`` example.
+
+``outputFormats`` in the listing holds only the formats this emulator can write (WAV always;
+FLAC and AIFF with soundfile): a client that trusts the catalog never asks for an mp3 that
+would end in ``error``. Validation of ``POST /tasks`` still accepts every documented format
+(as the service does), and a lossy one then ends its target in an honest ``error``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -59,8 +64,8 @@ class ModelSpec:
             return self.variants[variant]
         return self.credits_per_minute or 0.0
 
-    def to_json(self) -> dict[str, Any]:
-        """The model as ``GET /models`` lists it."""
+    def to_json(self, producible: Callable[[str], bool] = lambda fmt: True) -> dict[str, Any]:
+        """The model as ``GET /models`` lists it, its output formats kept to ``producible``."""
         inputs: list[dict[str, Any]] = [
             {
                 "id": "media",
@@ -91,7 +96,10 @@ class ModelSpec:
         if self.access == "enabled" and self.credits_per_minute is not None:
             out["creditsPerMinute"] = self.credits_per_minute
         out["inputs"] = inputs
-        out["outputFormats"] = list(self.output_formats)
+        formats = self.output_formats
+        if self.is_audio:
+            formats = tuple(f for f in formats if producible(f))
+        out["outputFormats"] = list(formats)
         out["limits"] = {"maxInputDurationSeconds": self.max_duration}
         if self.languages:
             out["supportedLanguages"] = list(self.languages)
@@ -196,8 +204,17 @@ CATALOG: Mapping[str, ModelSpec] = {m.id: m for m in MODELS}
 
 
 def models_json() -> dict[str, Any]:
-    """The body of ``GET /models``."""
-    return {"models": [m.to_json() for m in MODELS]}
+    """The body of ``GET /models``: audio formats limited to those this emulator can write."""
+    from .dsp import EncodeError, check_encodable
+
+    def producible(fmt: str) -> bool:
+        try:
+            check_encodable(fmt)
+        except EncodeError:
+            return False
+        return True
+
+    return {"models": [m.to_json(producible) for m in MODELS]}
 
 
 #: Content type per format/extension, for uploads without one and for CDN responses.
