@@ -3,13 +3,56 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
-from collections.abc import Sequence
-from typing import TextIO
+from collections.abc import Coroutine, Sequence
+from typing import Any, TextIO
 
 from .. import errors
 from .parser import EXIT_ITEMS_FAILED, EXIT_USAGE, ArgumentsError, UsageError, build_parser
 from .run import migrate_command, models_command, run_command
+
+
+#: Exit status after SIGTERM (128 + 15, what a shell reports for a process it terminated).
+EXIT_TERMINATED = 128 + signal.SIGTERM
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+
+
+class Terminated(Exception):
+    """SIGTERM arrived; the command was cancelled and cleaned up like after Ctrl-C."""
+
+
+async def _terminable(command: Coroutine[Any, Any, int]) -> int:
+    """Run ``command`` with SIGTERM cancelling it the way Ctrl-C does.
+
+    docker, Kubernetes and systemd stop a process with SIGTERM: without this the process dies
+    at once, leaving its webhook registered and its part files behind. Cancelling the task runs
+    every ``finally`` (the webhook is deleted, the journal closed) before the exit.
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    received: list[int] = []
+
+    def on_sigterm() -> None:
+        received.append(signal.SIGTERM)
+        if task is not None:
+            task.cancel()
+
+    try:
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+        installed = True
+    except (NotImplementedError, RuntimeError, ValueError):
+        # Windows' loops, or not the main thread: SIGTERM keeps its default action.
+        installed = False
+    try:
+        return await command
+    except asyncio.CancelledError:
+        if received:
+            raise Terminated() from None
+        raise
+    finally:
+        if installed:
+            loop.remove_signal_handler(signal.SIGTERM)
 
 
 def main(
@@ -38,8 +81,8 @@ def main(
         if args.command == "migrate":
             return migrate_command(args, out, err)
         if args.command == "run":
-            return asyncio.run(run_command(args, out, err))
-        return asyncio.run(models_command(args, out))
+            return asyncio.run(_terminable(run_command(args, out, err)))
+        return asyncio.run(_terminable(models_command(args, out)))
     except UsageError as exc:
         print(f"audioshake-async: error: {exc}", file=err)
         return EXIT_USAGE
@@ -54,4 +97,7 @@ def main(
         return EXIT_ITEMS_FAILED
     except KeyboardInterrupt:
         print("audioshake-async: interrupted; re-run the same command to resume", file=err)
-        return 130
+        return EXIT_INTERRUPTED
+    except Terminated:
+        print("audioshake-async: terminated; re-run the same command to resume", file=err)
+        return EXIT_TERMINATED
