@@ -42,7 +42,8 @@ async def test_sigterm_removes_the_webhook_and_exits_143(
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     async with await anyio.open_process(command, env=env) as process:
         with anyio.fail_after(30):
-            while "POST /tasks" not in emulator.stats()["requests"]:
+            # The child's progress is only visible through the emulator's counters.
+            while "POST /tasks" not in emulator.stats()["requests"]:  # noqa: ASYNC110
                 await anyio.sleep(0.05)
         async with AudioShake(emulator.api_key, emulator.base_url, rate_limit=None) as client:
             assert len(await client.webhooks.list()) == 1

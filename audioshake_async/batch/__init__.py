@@ -17,11 +17,13 @@ from .events import (
 )
 from .inputs import expand_inputs
 from .journal import AsyncJournal, ItemRecord, Journal, OutputRecord, SqliteJournal
+from .options import BatchOptionValues
 from .seam import BatchProvider, Hints, SupportsBatch
 
 __all__ = [
     "AsyncJournal",
     "BatchEvent",
+    "BatchOptionValues",
     "BatchOptions",
     "BatchProvider",
     "BatchResult",

@@ -39,7 +39,6 @@ from typing import Any
 import anyio
 import anyio.abc
 import anyio.to_thread
-import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ..models import Target
@@ -49,7 +48,7 @@ from .events import (
 )
 from .items import DownloadJob, Item
 from .journal import AsyncJournal, Journal, SqliteJournal, journal_key, targets_signature
-from .options import BatchOptions
+from .options import BatchOptions, BatchOptionValues, Unpack, options_with
 from .pipeline import Pipeline
 from .seam import BatchProvider, SupportsBatch
 
@@ -79,7 +78,10 @@ async def _iterate(inputs: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[
                 yield value
 
 
-async def _run_pipeline(pipeline: Pipeline, inputs: Iterable[Any] | AsyncIterable[Any]) -> None:
+async def _run_pipeline(
+    pipeline: Pipeline, inputs: Iterable[Any] | AsyncIterable[Any]
+) -> Exception | None:
+    """Run every stage to the end; returns the error the input iterator raised, if any."""
     options = pipeline.options
     upload_send, upload_recv = anyio.create_memory_object_stream[Item](options.upload_concurrency)
     create_send, create_recv = anyio.create_memory_object_stream[Item](options.create_concurrency)
@@ -87,9 +89,23 @@ async def _run_pipeline(pipeline: Pipeline, inputs: Iterable[Any] | AsyncIterabl
         options.download_concurrency * 2
     )
 
+    failure: list[Exception] = []
+
     async def feed() -> None:
         async with upload_send, create_send:
-            async for raw in _iterate(inputs):
+            source = _iterate(inputs)
+            while True:
+                try:
+                    raw = await source.__anext__()
+                except StopAsyncIteration:
+                    break
+                except Exception as exc:
+                    # The caller's own iterator failed: the items it already gave finish
+                    # (nothing billed is abandoned), then run_batch raises this very error,
+                    # not an ExceptionGroup of the task group's making.
+                    logger.debug("input iterator raised %r; finishing admitted items", exc)
+                    failure.append(exc)
+                    break
                 await pipeline.in_flight.acquire()
                 await pipeline.admit(raw, upload_send, create_send)
 
@@ -113,9 +129,10 @@ async def _run_pipeline(pipeline: Pipeline, inputs: Iterable[Any] | AsyncIterabl
             group.start_soon(pipeline.watcher.run)
             for _ in range(options.download_concurrency):
                 group.start_soon(pipeline.download_worker, download_recv.clone())
+    return failure[0] if failure else None
 
 
-async def run_batch(
+def run_batch(
     client: BatchProvider | SupportsBatch,
     inputs: Iterable[str | os.PathLike[str]] | AsyncIterable[str | os.PathLike[str]],
     *,
@@ -124,22 +141,39 @@ async def run_batch(
     journal: str | os.PathLike[str] | Journal | None = None,
     progress: ProgressHook | None = None,
     options: BatchOptions | None = None,
-    **option_values: Any,
+    **option_values: Unpack[BatchOptionValues],
 ) -> AsyncGenerator[BatchResult, None]:
     """Process every input and yield one :class:`BatchResult` per input as each finishes.
 
     ``client`` is an :class:`~audioshake_async.AudioShake` client or any
-    :class:`~audioshake_async.batch.provider.BatchProvider` (legacy Jobs, Music.AI).
+    :class:`~audioshake_async.batch.BatchProvider` (legacy Jobs, Music.AI).
 
     ``journal`` is a path to the SQLite journal (resume and no double billing across runs), a
-    :class:`Journal`, or None for a throw-away one. Extra keyword arguments set
-    :class:`BatchOptions` fields. Break out early with ``contextlib.aclosing``; the pipeline is
-    cancelled cleanly (no partial file under a final name, the journal consistent).
+    :class:`Journal`, or None for a throw-away one. Keyword options are the fields of
+    :class:`BatchOptions` (typed: a misspelt one fails type checking, and raises
+    ``TypeError`` here, at the call, not at the first iteration); they override ``options``.
+    Targets and options are checked at the call too.
+
+    Break out early with ``contextlib.aclosing``; the pipeline is cancelled cleanly (no partial
+    file under a final name, the journal consistent). An error raised by ``inputs`` itself
+    ends the batch once the items it already gave have finished, and reaches the caller as
+    itself.
     """
     provider = client.batch_provider() if isinstance(client, SupportsBatch) else client
     checked = provider.check_targets(targets)
-    settings = attrs.evolve(options, **option_values) if options else BatchOptions(**option_values)
-    directory = pathlib.Path(out_dir)
+    settings = options_with(options, option_values)
+    return _batch(provider, inputs, checked, pathlib.Path(out_dir), journal, progress, settings)
+
+
+async def _batch(
+    provider: BatchProvider,
+    inputs: Iterable[str | os.PathLike[str]] | AsyncIterable[str | os.PathLike[str]],
+    checked: tuple[Target, ...],
+    directory: pathlib.Path,
+    journal: str | os.PathLike[str] | Journal | None,
+    progress: ProgressHook | None,
+    settings: BatchOptions,
+) -> AsyncGenerator[BatchResult, None]:
     owned: SqliteJournal | None = None
     if journal is None or isinstance(journal, (str, os.PathLike)):
         owned = await anyio.to_thread.run_sync(SqliteJournal, journal)
@@ -157,7 +191,7 @@ async def run_batch(
         async with results_recv:
             async for result in results_recv:
                 yield result
-        await runner
+        input_error = await runner
     finally:
         if not runner.done():
             runner.cancel()
@@ -165,3 +199,5 @@ async def run_batch(
             await asyncio.wait([runner])
             if owned is not None:
                 await anyio.to_thread.run_sync(owned.close)
+    if input_error is not None:
+        raise input_error

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import (
     Mapping,
 )
-from typing import Any
+from typing import Any, TypedDict
 
 import attrs
+
+if sys.version_info >= (3, 11):
+    from typing import Unpack
+else:  # pragma: no cover - Python 3.10
+    from typing_extensions import Unpack
 
 from .. import errors
 from ..core.http import PollPolicy
 from .seam import Hints
+
+__all__ = ["BatchOptionValues", "BatchOptions", "Unpack", "options_with"]
 
 logger = logging.getLogger("audioshake_async.batch")
 
@@ -70,3 +78,35 @@ class BatchOptions:
                 raise errors.ValidationError(f"{name} must be at least 1")
         if self.task_timeout is not None and self.task_timeout <= 0:
             raise errors.ValidationError("task_timeout must be positive")
+
+
+class BatchOptionValues(TypedDict, total=False):
+    """The fields of :class:`BatchOptions` as keyword arguments of ``run_batch`` /
+    ``client.batch`` (``**options: Unpack[BatchOptionValues]``): a misspelt option fails
+    type checking. ``tests/test_batch_api.py`` keeps the two lists equal."""
+
+    upload_concurrency: int
+    create_concurrency: int
+    download_concurrency: int
+    max_in_flight: int
+    task_timeout: float | None
+    poll: PollPolicy | None
+    metadata: Mapping[str, Any] | None
+    asset_max_age: float | None
+    reconcile_pages: int
+    create_attempts: int
+    list_refresh: bool
+    poll_concurrency: int
+    checksum: bool
+    webhooks: Hints | None
+    safety_poll: float
+    unreachable_timeout: float
+    retry_failed: bool
+
+
+def options_with(base: BatchOptions | None, values: Mapping[str, Any]) -> BatchOptions:
+    """``base`` (or the defaults) with ``values`` applied; an unknown name raises TypeError."""
+    unknown = sorted(set(values) - {field.name for field in attrs.fields(BatchOptions)})
+    if unknown:
+        raise TypeError(f"unknown batch option(s): {', '.join(unknown)}")
+    return attrs.evolve(base, **values) if base is not None else BatchOptions(**values)

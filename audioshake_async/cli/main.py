@@ -12,7 +12,6 @@ from .. import errors
 from .parser import EXIT_ITEMS_FAILED, EXIT_USAGE, ArgumentsError, UsageError, build_parser
 from .run import migrate_command, models_command, run_command
 
-
 #: Exit status after SIGTERM (128 + 15, what a shell reports for a process it terminated).
 EXIT_TERMINATED = 128 + signal.SIGTERM
 EXIT_INTERRUPTED = 128 + signal.SIGINT

@@ -213,7 +213,9 @@ def write_audio(path: Path, data: Signal, info: AudioInfo, fmt: str) -> None:
     elif width == 2:
         raw = np.round(clipped * 32767.0).astype("<i2").tobytes()
     elif width == 3:
-        ints = np.round(clipped * 8388607.0).astype("<i4")
+        # C order before the byte view: the DSP can hand over a transposed (Fortran-order)
+        # array, and numpy < 1.25 refuses to view one as bytes.
+        ints = np.ascontiguousarray(np.round(clipped * 8388607.0).astype("<i4"))
         raw = ints.view(np.uint8).reshape(-1, 4)[:, :3].tobytes()
     else:
         raw = np.round(clipped * 2147483647.0).astype("<i4").tobytes()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import pathlib
-from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import aiohttp
 
@@ -20,6 +20,7 @@ from .wire import DEFAULT_BASE_URL
 if TYPE_CHECKING:
     from ..batch import BatchResult, ProgressHook
     from ..batch.journal import Journal
+    from ..batch.options import BatchOptions, BatchOptionValues, Unpack
     from .provider import AudioShakeProvider
 
 __all__ = ["ENV_API_KEY", "ENV_BASE_URL", "AudioShake"]
@@ -148,15 +149,20 @@ class AudioShake(ServiceClient):
 
     def batch(
         self,
-        inputs: Any,
+        inputs: Iterable[str | os.PathLike[str]] | AsyncIterable[str | os.PathLike[str]],
         *,
         targets: Sequence[Target],
         out_dir: str | os.PathLike[str],
         journal: str | os.PathLike[str] | Journal | None = None,
         progress: ProgressHook | None = None,
-        **options: Any,
-    ) -> AsyncIterator[BatchResult]:
-        """Process a catalog concurrently; see :func:`audioshake_async.batch.run_batch`."""
+        options: BatchOptions | None = None,
+        **option_values: Unpack[BatchOptionValues],
+    ) -> AsyncGenerator[BatchResult, None]:
+        """Process a catalog concurrently; see :func:`audioshake_async.batch.run_batch`.
+
+        Keyword options are typed (:class:`~audioshake_async.batch.BatchOptions` fields) and
+        checked here, at the call; use it as ``async with contextlib.aclosing(...)``.
+        """
         from ..batch import run_batch
 
         return run_batch(
@@ -166,5 +172,6 @@ class AudioShake(ServiceClient):
             out_dir=out_dir,
             journal=journal,
             progress=progress,
-            **options,
+            options=options,
+            **option_values,
         )
