@@ -12,6 +12,7 @@ Quick start::
 from ._version import __version__
 from .core.download import DownloadedFile
 from .core.http import PollPolicy, RetryPolicy
+from .core.logs import configure_from_env as _configure_from_env
 from .errors import (
     AmbiguousRequestError,
     APIConnectionError,
@@ -87,3 +88,6 @@ __all__ = [
     "Webhook",
     "__version__",
 ]
+
+# AUDIOSHAKE_LOG=debug|info|warning: a stderr handler for library users (none otherwise).
+_configure_from_env()

@@ -1,11 +1,14 @@
 """The exception tree: every error the package raises derives from :class:`AudioShakeError`.
 
-Messages and reprs carry the method, a URL without its query string, the status and the
-server's ``error``/``message``; never a header, so never the API key or a link signature.
+Messages and reprs carry the method, a URL without its query string, the status, the
+server's ``error``/``message`` and its request id when it sends one; never a request header, so
+never the API key or a link signature. Every error survives pickling with its fields (for
+process pools and task queues).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 __all__ = [
@@ -49,6 +52,9 @@ class APIError(AudioShakeError):
 
     ``status`` is the HTTP status, ``error`` and ``message`` come from the documented
     ``{statusCode, error, message}`` body (or the raw text when the body is not JSON).
+    ``headers`` are the response's headers with credentials and cookies redacted;
+    ``request_id`` is the first request-id header the service sent (the header's name is not
+    documented: ``x-request-id``, ``request-id``, ``x-amzn-requestid`` and similar are read).
     """
 
     def __init__(
@@ -61,6 +67,8 @@ class APIError(AudioShakeError):
         url: str = "",
         body: Any = None,
         retry_after: float | None = None,
+        request_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         self.status = status
         self.message = message
@@ -69,27 +77,37 @@ class APIError(AudioShakeError):
         self.url = url
         self.body = body
         self.retry_after = retry_after
+        self.request_id = request_id
+        self.headers: dict[str, str] = dict(headers or {})
         super().__init__(self._describe())
 
     def _describe(self) -> str:
         where = f" ({self.method} {self.url})" if self.method else ""
         label = f"{self.error}: " if self.error else ""
-        return f"{self.status} {label}{self.message}{where}"
+        request = f" [request id {self.request_id}]" if self.request_id else ""
+        return f"{self.status} {label}{self.message}{where}{request}"
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(status={self.status}, message={self.message!r})"
+        request = f", request_id={self.request_id!r}" if self.request_id else ""
+        return f"{type(self).__name__}(status={self.status}, message={self.message!r}{request})"
 
     def __reduce__(self) -> Any:
-        return (
-            _rebuild_api_error,
-            (type(self), self.status, self.message, self.error, self.method, self.url),
-        )
+        fields = {
+            "error": self.error,
+            "method": self.method,
+            "url": self.url,
+            "body": self.body,
+            "retry_after": self.retry_after,
+            "request_id": self.request_id,
+            "headers": self.headers,
+        }
+        return (_rebuild_api_error, (type(self), self.status, self.message, fields))
 
 
 def _rebuild_api_error(
-    cls: type[APIError], status: int, message: str, error: str | None, method: str, url: str
+    cls: type[APIError], status: int, message: str, fields: dict[str, Any]
 ) -> APIError:
-    return cls(status, message, error=error, method=method, url=url)
+    return cls(status, message, **fields)
 
 
 class BadRequestError(APIError):
@@ -138,7 +156,17 @@ class APIConnectionError(AudioShakeError):
     def __init__(self, message: str, *, method: str = "", url: str = "") -> None:
         self.method = method
         self.url = url
+        self.reason = message
         super().__init__(f"{message} ({method} {url})" if method else message)
+
+    def __reduce__(self) -> Any:
+        return (_rebuild_connection_error, (type(self), self.reason, self.method, self.url))
+
+
+def _rebuild_connection_error(
+    cls: type[APIConnectionError], reason: str, method: str, url: str
+) -> APIConnectionError:
+    return cls(reason, method=method, url=url)
 
 
 class APITimeoutError(APIConnectionError):
@@ -169,11 +197,18 @@ class TaskFailedError(AudioShakeError):
         )
         super().__init__(f"task {task.id} has failed targets: {failed}")
 
+    def __reduce__(self) -> Any:
+        return (type(self), (self.task,))
+
 
 class TaskTimeoutError(AudioShakeError, TimeoutError):
     """A task was not done before the wait's deadline; ``task`` is the last snapshot."""
 
     def __init__(self, task_id: str, timeout: float, task: Any = None) -> None:
         self.task_id = task_id
+        self.timeout = timeout
         self.task = task
         super().__init__(f"task {task_id} not done after {timeout:g} s")
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.task_id, self.timeout, self.task))

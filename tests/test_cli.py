@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import pathlib
+import re
 import subprocess
 import sys
 import wave
@@ -62,7 +63,8 @@ def test_main_job_writes_real_stems_for_the_sample_audio(tmp_path: pathlib.Path)
         SAMPLES, out=tmp_path / "stems", models=("vocals", "instrumental")
     )
     assert status == 0, err
-    assert f"{len(samples)} of {len(samples)} items done, 0 failed" in out
+    n = len(samples)
+    assert f"{n} of {n} items finished: {n} done, 0 skipped, 0 failed" in out
     for sample in samples:
         for stem in ("vocals", "instrumental"):
             path = tmp_path / "stems" / sample.stem / f"{stem}.wav"
@@ -101,7 +103,7 @@ def test_a_failed_item_gives_exit_1_and_is_listed(
         summary = json.loads(out)
         assert (summary["done"], summary["failed"]) == (1, 1)
     else:
-        assert "1 of 2 items done, 1 failed" in out
+        assert "2 of 2 items finished: 1 done, 0 skipped, 1 failed" in out
     assert f"FAILED {bad}" in err and "empty" in err
 
 
@@ -111,7 +113,7 @@ def test_paths_from_stdin(tmp_path: pathlib.Path) -> None:
         write_wav(path, seed=i)
     status, out, _ = run_emulated("-", out=tmp_path / "o", stdin="\n".join(map(str, paths)) + "\n")
     assert status == 0
-    assert "2 of 2 items done" in out
+    assert "2 of 2 items finished: 2 done" in out
 
 
 @pytest.mark.parametrize(
@@ -272,7 +274,7 @@ def test_unreadable_subdirectory_is_a_failed_item_with_its_reason(
     monkeypatch.setattr(inputs, "_list_dir", list_dir)
     status, out, err = run_emulated(tmp_path / "in", out=tmp_path / "o")
     assert status == 1
-    assert "2 of 3 items done, 1 failed" in out
+    assert "3 of 3 items finished: 2 done, 0 skipped, 1 failed" in out
     assert f"FAILED {locked}: cannot read directory: Permission denied" in err
     assert "Traceback" not in err
 
@@ -334,6 +336,7 @@ def test_a_terminal_gets_the_live_progress_display(tmp_path: pathlib.Path) -> No
     master, slave = pty.openpty()
     command = [sys.executable, "-m", "audioshake_async", "run", "--emulator", str(SAMPLES)]
     command += ["-m", "vocals", "-o", str(tmp_path / "stems"), "--emulator-delay", "0.3"]
+    command += ["--debug"]
     env = {**os.environ, "COLUMNS": "200", "TERM": "xterm"}
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=slave, env=env)
     os.close(slave)
@@ -352,9 +355,19 @@ def test_a_terminal_gets_the_live_progress_display(tmp_path: pathlib.Path) -> No
     child.stdout.close()
     text = screen.decode(errors="replace")
     samples = len(list(SAMPLES.glob("*.wav")))
-    assert "items:" in text and "tasks in flight" in text, text[-2000:]
-    assert f"{samples}/{samples} items: {samples} done" in text, text[-2000:]
+    tail = text[-3000:]
+    # One bar per phase, each counting items against the stable denominator.
+    for phase in ("uploading", "processing", "downloading"):
+        assert re.search(rf"{phase}\s.*{samples}/{samples}\b", text), (phase, tail)
+    assert "tasks in flight" in text and "elapsed 0:00:" in text and "ETA" in text, tail
+    assert re.search(r"\d+ files [\d.]+ (B|KiB|MiB)", text), tail
+    # The summary line says what the display said.
+    assert f"{samples} of {samples} items finished: {samples} done, 0 skipped" in text, tail
     assert "\x1b[" in text  # drawn as a live display, not printed as plain lines
+    # --debug records are printed above the bars, never through a bar's line.
+    logged = [line for line in text.splitlines() if "-> 200" in line]
+    assert logged, tail
+    assert all("━" not in line for line in logged), logged[:3]
 
 
 def test_tasks_in_flight_count_resumed_and_recreated_tasks_once() -> None:

@@ -101,6 +101,17 @@ class Pipeline:
     async def fail(self, item: Item, error: BaseException | str) -> None:
         """Record and report the item as failed, with what it did write."""
         message = error if isinstance(error, str) else (str(error) or type(error).__name__)
+        logger.info(
+            "%s failed: %s",
+            item.display,
+            message,
+            extra={
+                "input": item.display,
+                "task_id": item.task_id,
+                "error_type": None if isinstance(error, str) else type(error).__name__,
+                "request_id": getattr(error, "request_id", None),
+            },
+        )
         item.problems.append(message)
         item.settle()
         await self.maybe_finish(item)
@@ -352,6 +363,7 @@ class Pipeline:
                     "create for %s ended ambiguously (%s); looking up its token",
                     item.display,
                     type(exc).__name__,
+                    extra={"input": item.display, "attempt": attempt, "route": "POST /tasks"},
                 )
                 found = await self.find_by_token(token, since=item.intent_at)
                 if found is not None:
@@ -379,6 +391,13 @@ class Pipeline:
         item.task_id = task.id
         item.task = task
         await item.journal.record_task(task.id)
+        logger.debug(
+            "task %s created for %s%s",
+            task.id,
+            item.display,
+            " (found by its token)" if recovered else "",
+            extra={"task_id": task.id, "input": item.display, "route": "POST /tasks"},
+        )
         self.emit(TaskCreated(item.display, task.id, recovered=recovered))
 
     async def find_by_token(self, token: str, *, since: float | None = None) -> Task | None:

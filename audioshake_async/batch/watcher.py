@@ -235,14 +235,27 @@ class Watcher:
                         # An earlier run's task is gone and its outputs are missing: the work
                         # was never delivered, so it is created again (once).
                         logger.info(
-                            "task %s of %s is gone; creating it again", item.task_id, item.display
+                            "task %s of %s is gone; creating it again",
+                            item.task_id,
+                            item.display,
+                            extra={"task_id": item.task_id, "input": item.display},
                         )
                         self._start_recreate(item)
                     else:
                         await self.pipeline.fail(item, f"task {item.task_id} no longer exists")
                     continue
                 if error is not None:
-                    logger.info("refresh of task %s failed: %s", item.task_id, error)
+                    logger.info(
+                        "refresh of task %s failed: %s",
+                        item.task_id,
+                        error,
+                        extra={
+                            "task_id": item.task_id,
+                            "input": item.display,
+                            "status": getattr(error, "status", None),
+                            "request_id": getattr(error, "request_id", None),
+                        },
+                    )
                     unreachable = time.monotonic() - item.watch.last_read_ok
                     if isinstance(error, _REFUSED) or (
                         unreachable >= self.pipeline.options.unreachable_timeout

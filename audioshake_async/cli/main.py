@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import logging
 import signal
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any, TextIO
 
 from .. import errors
+from ..core.logs import configure_logging
+from .display import log_handler
 from .parser import EXIT_ITEMS_FAILED, EXIT_USAGE, ArgumentsError, UsageError, build_parser
 from .run import migrate_command, models_command, run_command
 
@@ -54,6 +58,17 @@ async def _terminable(command: Coroutine[Any, Any, int]) -> int:
             loop.remove_signal_handler(signal.SIGTERM)
 
 
+def _diagnostics(args: argparse.Namespace, err: TextIO) -> logging.Handler | None:
+    """``-v`` (info) or ``--debug`` (every request): records to stderr, above the display."""
+    if getattr(args, "debug", False):
+        level = logging.DEBUG
+    elif getattr(args, "verbose", False):
+        level = logging.INFO
+    else:
+        return None
+    return configure_logging(level, handler=log_handler(err))
+
+
 def main(
     argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None
 ) -> int:
@@ -76,11 +91,12 @@ def main(
         print("audioshake-async: error: give a command: run, models, emulator or migrate", file=err)
         print("try 'audioshake-async --help'", file=err)
         return EXIT_USAGE
+    logs = _diagnostics(args, err)
     try:
         if args.command == "migrate":
             return migrate_command(args, out, err)
         if args.command == "run":
-            return asyncio.run(_terminable(run_command(args, out, err)))
+            return asyncio.run(_terminable(run_command(args, out, err, logs)))
         return asyncio.run(_terminable(models_command(args, out)))
     except UsageError as exc:
         print(f"audioshake-async: error: {exc}", file=err)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import os
 import pathlib
 from collections.abc import Sequence
@@ -38,6 +39,45 @@ class _Parser(argparse.ArgumentParser):
         raise ArgumentsError(message, self.prog)
 
 
+def diagnostics_options() -> _Parser:
+    """``-v/--verbose`` and ``--debug``: a parent parser any subcommand can include."""
+    parent = _Parser(add_help=False)
+    group = parent.add_argument_group("diagnostics")
+    group.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log retries, backoff waits, rate-limit pauses, link refreshes, token lookups",
+    )
+    group.add_argument(
+        "--debug", action="store_true", help="also log every request (route, status, time)"
+    )
+    return parent
+
+
+def connection_options() -> _Parser:
+    """``--api-key``, ``--base-url``, ``--emulator``: shared by every command that calls a
+    service (run, models, and commands added later)."""
+    parent = _Parser(add_help=False)
+    group = parent.add_argument_group("service")
+    group.add_argument("--api-key", help=f"API key (default: ${ENV_API_KEY})")
+    group.add_argument("--base-url", help="API base URL (default: $AUDIOSHAKE_BASE_URL or the API)")
+    group.add_argument(
+        "--emulator",
+        action="store_true",
+        help="start the embedded emulator and run against it (no key needed)",
+    )
+    return parent
+
+
+def _include(pattern: str) -> tuple[str, str]:
+    return ("include", pattern)
+
+
+def _exclude(pattern: str) -> tuple[str, str]:
+    return ("exclude", pattern)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``audioshake-async``; its errors raise :class:`ArgumentsError`."""
     parser = _Parser(
@@ -46,9 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    diagnostics, connection = diagnostics_options(), connection_options()
 
     run = commands.add_parser(
         "run",
+        parents=[connection, diagnostics],
         help="process files, directories or URLs into stems on disk",
         description="Upload inputs, create one task per input with every requested model, "
         "wait, and download the outputs to OUT/<input name>/<output>.<format>.",
@@ -129,12 +171,28 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="give items a failed earlier run recorded a new task (billed again)",
     )
-    run.add_argument("--api-key", help=f"API key (default: ${ENV_API_KEY})")
-    run.add_argument("--base-url", help="API base URL (default: $AUDIOSHAKE_BASE_URL or the API)")
     run.add_argument(
-        "--emulator",
+        "--include",
+        dest="filters",
+        action="append",
+        type=_include,
+        metavar="GLOB",
+        help="keep inputs whose path or name matches GLOB (repeatable; see --exclude)",
+    )
+    run.add_argument(
+        "--exclude",
+        dest="filters",
+        action="append",
+        type=_exclude,
+        metavar="GLOB",
+        help="leave out inputs matching GLOB; filters apply in order, the last match wins, "
+        "and when the first is --include an input matching none is left out",
+    )
+    run.add_argument(
+        "--dry-run",
         action="store_true",
-        help="start the embedded emulator and run against it (no key needed)",
+        help="say what would be uploaded, created, resumed or skipped; no request but the "
+        "catalog check (GET /models)",
     )
     run.add_argument(
         "--emulator-delay",
@@ -154,10 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print one JSON summary at the end")
     run.add_argument("--quiet", action="store_true", help="no progress display")
 
-    models = commands.add_parser("models", help="list the models available to the account")
-    models.add_argument("--api-key")
-    models.add_argument("--base-url")
-    models.add_argument("--emulator", action="store_true")
+    models = commands.add_parser(
+        "models",
+        parents=[connection, diagnostics],
+        help="list the models available to the account",
+    )
+    models.add_argument("--json", action="store_true", help="print the catalog as JSON")
 
     commands.add_parser("emulator", help="run the local AudioShake emulator", add_help=False)
 
@@ -221,6 +281,27 @@ def check_against_catalog(targets: Sequence[Target], catalog: Sequence[Model]) -
                     f"model {target.model!r} cannot output {', '.join(bad)} "
                     f"(it offers: {', '.join(model.output_formats)})"
                 )
+
+
+def selected(path: str, filters: Sequence[tuple[str, str]] | None) -> bool:
+    """Whether ``--include``/``--exclude`` keep ``path`` (matched whole and by its name)."""
+    if not filters:
+        return True
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    keep = filters[0][0] != "include"
+    for action, pattern in filters:
+        if fnmatch.fnmatchcase(path, pattern) or fnmatch.fnmatchcase(name, pattern):
+            keep = action == "include"
+    return keep
+
+
+def check_inputs_exist(inputs: Sequence[str]) -> None:
+    """A named input that does not exist is a usage error (exit 2), as in aws-cli."""
+    for value in inputs:
+        if value == "-" or "://" in value:
+            continue
+        if not os.path.lexists(value):
+            raise UsageError(f"input {value!r} does not exist")
 
 
 def check_out_dir(out: str) -> pathlib.Path:

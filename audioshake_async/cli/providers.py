@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import os
 import pathlib
 from collections.abc import AsyncIterator, Sequence
@@ -43,6 +44,7 @@ __all__ = [
     "OpenProvider",
     "emulator_missing",
     "open_provider",
+    "require_emulator",
     "serve_webhooks",
     "tasks_api",
 ]
@@ -59,11 +61,22 @@ class OpenProvider:
     webhooks: WebhooksResource | None = None
 
 
+#: What the emulator imports to process audio: without them every target would end in error.
+EMULATOR_PACKAGES = ("numpy", "aiofiles")
+
+
 def emulator_missing(exc: ImportError) -> UsageError:
     """The usage error for ``--emulator`` without the ``[emulator]`` extra installed."""
     return UsageError(
         f"the emulator needs extra packages: pip install 'audioshake-async[emulator]' ({exc})"
     )
+
+
+def require_emulator() -> None:
+    """Exit 2 before any upload when the ``[emulator]`` extra is not installed."""
+    missing = [name for name in EMULATOR_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise emulator_missing(ImportError(f"no module named {', '.join(missing)}"))
 
 
 def open_provider(
@@ -83,6 +96,7 @@ async def tasks_api(
 ) -> AsyncIterator[AudioShake]:
     """A Tasks API client: the embedded emulator's, or the configured service's."""
     if args.emulator:
+        require_emulator()
         try:
             from ..emulator import Emulator
         except ImportError as exc:
@@ -203,6 +217,7 @@ async def _open_legacy(
     except errors.ValidationError as exc:
         raise UsageError(str(exc)) from None
     if args.emulator:
+        require_emulator()
         try:
             from ..emulator.legacy import LegacyEmulator
         except ImportError as exc:  # pragma: no cover - the emulator extra is missing
@@ -250,6 +265,7 @@ async def _open_musicai(
     """
     workflow = targets[0].model if targets else ""
     if args.emulator:
+        require_emulator()
         try:
             from ..emulator.musicai import MusicAIEmulator
         except ImportError as exc:  # pragma: no cover - the emulator extra is missing

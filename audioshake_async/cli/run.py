@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import pathlib
 import sys
+from collections.abc import AsyncIterator
 from typing import Any, TextIO
 
 import attrs
@@ -18,8 +20,16 @@ from ..batch import (
     run_batch,
 )
 from ..models import Target
-from .display import ProgressTracker, live_display
-from .parser import EXIT_ITEMS_FAILED, EXIT_OK, UsageError, check_out_dir, parse_targets
+from .display import ProgressTracker, count_inputs, counts_text, live_display
+from .parser import (
+    EXIT_ITEMS_FAILED,
+    EXIT_OK,
+    UsageError,
+    check_inputs_exist,
+    check_out_dir,
+    parse_targets,
+    selected,
+)
 from .providers import JOURNAL_NAME, open_provider, serve_webhooks, tasks_api
 
 
@@ -55,6 +65,10 @@ class RunSummary:
             files = tuple(str(p) for p in result.files)
             self.records.append((result.input, result.status, task_id, files, error))
 
+    def counts(self) -> str:
+        """``3 of 3 items finished: 0 done, 3 skipped, 0 failed`` (as the display says it)."""
+        return counts_text(self.items, self.items, self.done, self.skipped, self.failed)
+
     def write_json(self, out: TextIO, requests: dict[str, int]) -> None:
         """The ``--json`` summary, byte for byte ``json.dumps(summary, indent=2)``."""
         head: dict[str, Any] = {
@@ -84,7 +98,19 @@ class RunSummary:
         out.write("\n  ]\n}\n")
 
 
-async def run_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+async def _filtered(
+    inputs: AsyncIterator[str], filters: list[tuple[str, str]] | None, excluded: list[int]
+) -> AsyncIterator[str]:
+    async for value in inputs:
+        if selected(value, filters):
+            yield value
+        else:
+            excluded[0] += 1
+
+
+async def run_command(
+    args: argparse.Namespace, out: TextIO, err: TextIO, logs: logging.Handler | None = None
+) -> int:
     """``run INPUT...``: the batch, its progress on stderr, the summary on stdout."""
     if args.api == "legacy":
         args.provider = "legacy"
@@ -102,6 +128,11 @@ async def run_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int
         raise UsageError("--concurrency and --max-in-flight must be at least 1")
     if args.timeout is not None and args.timeout <= 0:
         raise UsageError("--timeout must be positive")
+    check_inputs_exist(args.inputs)
+    if args.dry_run:
+        from .dryrun import dry_run
+
+        return await dry_run(args, targets, out)
     out_dir = check_out_dir(args.out)
     journal: str | None = None
     if not args.no_journal:
@@ -113,7 +144,7 @@ async def run_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int
         task_timeout=args.timeout,
         retry_failed=args.retry_failed,
     )
-    tracker = ProgressTracker()
+    tracker = ProgressTracker(targets_per_item=len(targets))
     summary = RunSummary(keep_records=args.json)
     unreadable: dict[str, str] = {}
 
@@ -127,13 +158,21 @@ async def run_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int
     ):
         if receiver is not None:
             options = attrs.evolve(options, webhooks=receiver)
-        inputs = expand_inputs(
-            args.inputs,
-            exclude=[out_dir],
-            on_unreadable=on_unreadable,
-            extensions=opened.provider.input_extensions,
+        excluded = [0]
+        inputs = count_inputs(
+            _filtered(
+                expand_inputs(
+                    args.inputs,
+                    exclude=[out_dir],
+                    on_unreadable=on_unreadable,
+                    extensions=opened.provider.input_extensions,
+                ),
+                args.filters,
+                excluded,
+            ),
+            tracker,
         )
-        async with live_display(tracker, quiet=args.quiet or args.json, stream=err):
+        async with live_display(tracker, quiet=args.quiet or args.json, stream=err, logs=logs):
             batch = run_batch(
                 opened.provider,
                 inputs,
@@ -153,14 +192,13 @@ async def run_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int
     # Failures go to stderr in both modes: with --json, stdout stays one JSON document.
     for item, error in summary.failures:
         print(f"FAILED {item}: {error}", file=err)
+    if excluded[0]:
+        print(f"{excluded[0]} inputs left out by --include/--exclude", file=err)
     if args.json:
         summary.write_json(out, requests)
     else:
-        print(
-            f"{summary.done + summary.skipped} of {summary.items} items done, "
-            f"{summary.failed} failed; outputs in {out_dir}",
-            file=out,
-        )
+        # Worded as the progress display words it: the two never disagree.
+        print(f"{summary.counts()}; outputs in {out_dir}", file=out)
     return EXIT_ITEMS_FAILED if summary.failed else EXIT_OK
 
 
@@ -186,9 +224,22 @@ def migrate_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 async def models_command(args: argparse.Namespace, out: TextIO) -> int:
-    """``models``: the models of the account, with formats and prices."""
+    """``models``: the models of the account, with formats and prices (``--json``: as JSON)."""
     async with tasks_api(args) as client:
         catalog = await client.models.list()
+    if args.json:
+        rows = [
+            {
+                "id": model.id,
+                "name": model.name,
+                "enabled": model.enabled,
+                "output_formats": list(model.output_formats),
+                "credits_per_minute": model.credits_per_minute,
+            }
+            for model in catalog
+        ]
+        print(json.dumps(rows, indent=2), file=out)
+        return EXIT_OK
     for model in catalog:
         access = "" if model.enabled else "  (request access)"
         formats = ",".join(model.output_formats)

@@ -151,6 +151,7 @@ async def fetch_to_file(
                     "download link for %s refused (%s); fetching a fresh one",
                     destination.name,
                     reason,
+                    extra={"route": "GET <download>", "status": status, "file": destination.name},
                 )
                 current = await refresh()
                 continue
@@ -173,7 +174,18 @@ async def fetch_to_file(
                 await anyio.to_thread.run_sync(part.restart)
             delay = policy.delay(failures, random.random(), retry_after)
             logger.info(
-                "retrying download of %s after %s in %.2f s", destination.name, reason, delay
+                "retrying download of %s after %s in %.2f s",
+                destination.name,
+                reason,
+                delay,
+                extra={
+                    "route": "GET <download>",
+                    "attempt": failures,
+                    "status": status or None,
+                    "reason": reason,
+                    "delay": delay,
+                    "file": destination.name,
+                },
             )
             await anyio.sleep(delay)
     finally:

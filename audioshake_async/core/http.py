@@ -121,6 +121,49 @@ def decode_body(raw: bytes) -> Any:
         return text
 
 
+#: Response headers that may name the request for the service's support, most specific first.
+#: [INFER] AudioShake documents none; these are the names common API gateways send.
+REQUEST_ID_HEADERS = (
+    "x-request-id",
+    "request-id",
+    "x-amzn-requestid",
+    "x-amz-request-id",
+    "x-correlation-id",
+    "x-amz-cf-id",
+    "cf-ray",
+)
+
+#: Header names whose values are never kept in an error or a log line.
+SENSITIVE_HEADERS = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "x-api-key",
+        "cookie",
+        "set-cookie",
+        "x-amz-security-token",
+    }
+)
+
+
+def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """A plain copy of ``headers`` with credentials and cookies replaced by ``<redacted>``."""
+    return {
+        name: "<redacted>" if name.lower() in SENSITIVE_HEADERS else value
+        for name, value in headers.items()
+    }
+
+
+def request_id_from(headers: Mapping[str, str]) -> str | None:
+    """The service's request id from a response's headers, if it sent one."""
+    lowered = {name.lower(): value for name, value in headers.items()}
+    for name in REQUEST_ID_HEADERS:
+        value = lowered.get(name)
+        if value:
+            return value
+    return None
+
+
 def error_for_status(
     status: int,
     body: Any,
@@ -128,8 +171,12 @@ def error_for_status(
     method: str = "",
     url: str = "",
     retry_after: float | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> errors.APIError:
-    """Map an error response to the matching :class:`~audioshake_async.errors.APIError`."""
+    """Map an error response to the matching :class:`~audioshake_async.errors.APIError`.
+
+    ``headers`` (the response's) give the error its request id and a redacted copy of them.
+    """
     error, message = _body_fields(body)
     if message is None:
         text = body if isinstance(body, str) else ""
@@ -147,6 +194,8 @@ def error_for_status(
         url=redact_url(url),
         body=body,
         retry_after=retry_after,
+        request_id=request_id_from(headers) if headers else None,
+        headers=redact_headers(headers) if headers else None,
     )
 
 

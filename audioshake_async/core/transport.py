@@ -42,6 +42,7 @@ from .http import (
     origin,
     parse_retry_after,
     redact_url,
+    request_id_from,
 )
 from .ratelimit import RateLimiter
 
@@ -274,7 +275,15 @@ class Transport:
         return dt.datetime.now(dt.timezone.utc)
 
     async def _backoff(
-        self, method: str, url: str, attempt: int, reason: str, retry_after: float | None
+        self,
+        method: str,
+        url: str,
+        attempt: int,
+        reason: str,
+        retry_after: float | None,
+        *,
+        route: str = "",
+        status: int | None = None,
     ) -> None:
         delay = self.retry.delay(attempt, self._random(), retry_after)
         logger.info(
@@ -285,6 +294,14 @@ class Transport:
             delay,
             attempt,
             self.retry.max_retries,
+            extra={
+                "route": route or method,
+                "attempt": attempt,
+                "status": status,
+                "reason": reason,
+                "delay": delay,
+                "retry_after": retry_after,
+            },
         )
         await anyio.sleep(delay)
 
@@ -351,7 +368,7 @@ class Transport:
                 if attempt >= retries:
                     raise error from None
                 attempt += 1
-                await self._backoff(method, url, attempt, type(exc).__name__, None)
+                await self._backoff(method, url, attempt, type(exc).__name__, None, route=label)
                 continue
             except _TRANSIENT as exc:
                 own = _own_error(exc)
@@ -365,17 +382,31 @@ class Transport:
                         method,
                         redact_url(url),
                         type(exc).__name__,
+                        extra={"route": label, "attempt": attempt, "reason": type(exc).__name__},
                     )
                     raise _connection_error(exc, method, url, ambiguous=True) from None
                 error = _connection_error(exc, method, url)
                 if attempt >= retries:
                     raise error from None
                 attempt += 1
-                await self._backoff(method, url, attempt, type(exc).__name__, None)
+                await self._backoff(method, url, attempt, type(exc).__name__, None, route=label)
                 continue
             if logger.isEnabledFor(logging.DEBUG):  # redact_url parses the URL: skip it if unused
                 elapsed_ms = (time.perf_counter() - started) * 1000
-                logger.debug("%s %s -> %d (%.1f ms)", method, redact_url(url), status, elapsed_ms)
+                logger.debug(
+                    "%s %s -> %d (%.1f ms)",
+                    method,
+                    redact_url(url),
+                    status,
+                    elapsed_ms,
+                    extra={
+                        "route": label,
+                        "attempt": attempt,
+                        "status": status,
+                        "elapsed_ms": elapsed_ms,
+                        "request_id": request_id_from(resp_headers),
+                    },
+                )
             if 200 <= status < 300:
                 if not raw:
                     return None
@@ -388,7 +419,14 @@ class Transport:
             retry_after = parse_retry_after(resp_headers, self._now())
             if status == 429 and self.limiter is not None:
                 # Everyone on this client slows down, not just this request.
-                self.limiter.pause_until(retry_after if retry_after is not None else 1.0)
+                pause = retry_after if retry_after is not None else 1.0
+                logger.info(
+                    "rate limited (429) on %s: every request of this client pauses %.2f s",
+                    label,
+                    pause,
+                    extra={"route": label, "attempt": attempt, "status": status, "delay": pause},
+                )
+                self.limiter.pause_until(pause)
             retryable = is_retryable_status(status)
             if retry is Retry.BEFORE_SEND:
                 retryable = status == 429
@@ -396,10 +434,17 @@ class Transport:
                 retryable = False
             if not retryable or attempt >= retries:
                 raise error_for_status(
-                    status, decode_body(raw), method=method, url=url, retry_after=retry_after
+                    status,
+                    decode_body(raw),
+                    method=method,
+                    url=url,
+                    retry_after=retry_after,
+                    headers=resp_headers,
                 )
             attempt += 1
-            await self._backoff(method, url, attempt, f"HTTP {status}", retry_after)
+            await self._backoff(
+                method, url, attempt, f"HTTP {status}", retry_after, route=label, status=status
+            )
 
     # ------------------------------------------------------------------ downloads
 

@@ -140,6 +140,9 @@ class JobFailedError(errors.AudioShakeError):
         detail = job.error.describe() if job.error else "no error detail"
         super().__init__(f"job {job.id} failed: {detail}")
 
+    def __reduce__(self) -> Any:
+        return (type(self), (self.job,))
+
     @property
     def retryable(self) -> bool:
         """True for ``INTERNAL_ERROR`` and ``TIMEOUT``: submitting the job again may work."""
