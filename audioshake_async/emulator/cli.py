@@ -4,7 +4,7 @@ Starts the emulator, prints ``AUDIOSHAKE_BASE_URL=...``, ``AUDIOSHAKE_API_KEY=..
 ``AUDIOSHAKE_CDN_URL=...`` lines on stdout (ready for ``export``), then serves until SIGINT
 or SIGTERM and exits 0. Every :class:`EmulatorConfig` knob has a flag: ``fail_rate`` is
 ``--fail-rate``; list knobs take comma-separated values; ``--rate-limit none`` disables the
-rate limit.
+rate limit. ``samples DIR`` writes three short WAV tracks to use as inputs instead.
 """
 
 from __future__ import annotations
@@ -143,8 +143,38 @@ async def serve(config: EmulatorConfig, out: TextIO, err: TextIO, quiet: bool = 
         err.write("audioshake emulator: stopped\n")
 
 
+def samples_main(argv: Sequence[str]) -> int:
+    """``emulator samples DIR``: write the sample tracks (a wheel ships no audio)."""
+    parser = argparse.ArgumentParser(
+        prog="audioshake-async emulator samples",
+        description="Write three short synthetic WAV tracks to DIR, inputs for a demo run.",
+    )
+    parser.add_argument("directory", metavar="DIR")
+    args = parser.parse_args(argv)
+    try:
+        from .samples import write_samples
+    except ImportError as exc:
+        print(
+            f"audioshake emulator: samples need numpy: pip install 'audioshake-async[emulator]' "
+            f"({exc})",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        for path in write_samples(args.directory):
+            print(path)
+    except OSError as exc:
+        print(f"audioshake emulator: cannot write samples: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the process exit code."""
+    """Entry point; returns the process exit code (``samples DIR`` writes sample audio)."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["samples"]:
+        return samples_main(arguments[1:])
+    argv = arguments
     parser = build_parser()
     args = vars(parser.parse_args(argv))
     quiet = bool(args.pop("quiet"))
