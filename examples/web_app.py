@@ -1,23 +1,27 @@
 """Await a task inside an aiohttp web handler with one shared client.
 
     python examples/web_app.py            # serves on http://127.0.0.1:8080
-    curl -F file=@examples/audio/<file>.wav http://127.0.0.1:8080/separate
+    curl -F file=@audio/pop_center.wav http://127.0.0.1:8080/separate
 
-The client (one connection pool, one rate limiter) is created when the app starts and closed
-when it stops; handlers never block the loop: upload, create, wait and the answer are awaited.
+Without ``AUDIOSHAKE_API_KEY`` it runs against the local emulator. The client (one connection
+pool, one rate limiter) is created when the app starts and closed when it stops; handlers never
+block the loop. The uploaded file's name is the client's to choose, so only its last component
+is kept (``../../etc/x.wav`` is written as ``x.wav`` inside a fresh temporary directory), and a
+file the API would refuse (``ValidationError``, found before any request) is answered 400.
 """
 
 from __future__ import annotations
 
 import contextlib
-import sys
+import os
+import pathlib
 import tempfile
 from collections.abc import AsyncIterator
 
-import aiofiles
+import anyio
 from aiohttp import web
 
-from audioshake_async import AudioShake, AudioShakeError, Target
+from audioshake_async import AudioShake, AudioShakeError, Target, ValidationError
 
 CLIENT = web.AppKey("client", AudioShake)
 
@@ -36,6 +40,21 @@ def make_app(api_key: str | None = None, base_url: str | None = None) -> web.App
     return app
 
 
+def safe_name(filename: str | None) -> str | None:
+    """The last component of a client-sent file name, or None when nothing usable is left.
+
+    Both separators count (a Windows client sends ``..\\x.wav``); ``.``, ``..``, hidden names
+    and control characters are refused, so the result can never leave the directory it is
+    joined to.
+    """
+    if not filename:
+        return None
+    name = filename.replace("\\", "/").rsplit("/", 1)[-1].strip()
+    if not name or name.startswith(".") or any(ord(c) < 32 or c == "\x7f" for c in name):
+        return None
+    return name
+
+
 async def separate(request: web.Request) -> web.Response:
     """Upload the posted file, run vocals + instrumental, answer with the output links."""
     client = request.app[CLIENT]
@@ -43,9 +62,12 @@ async def separate(request: web.Request) -> web.Response:
     part = await reader.next()
     if part is None or getattr(part, "name", None) != "file" or not getattr(part, "filename", None):
         raise web.HTTPBadRequest(text="post the audio as multipart field 'file'")
+    name = safe_name(part.filename)
+    if name is None:
+        raise web.HTTPBadRequest(text="the uploaded file needs a plain file name")
     with tempfile.TemporaryDirectory() as tmp:
-        path = f"{tmp}/{part.filename}"
-        async with aiofiles.open(path, "wb") as handle:  # file I/O off the event loop
+        path = pathlib.Path(tmp) / name
+        async with await anyio.open_file(path, "wb") as handle:  # file I/O off the event loop
             while chunk := await part.read_chunk():  # type: ignore[union-attr]
                 await handle.write(chunk)
         try:
@@ -55,6 +77,8 @@ async def separate(request: web.Request) -> web.Response:
                 targets=[Target("vocals", ["wav"]), Target("instrumental", ["wav"])],
             )
             task = await client.tasks.wait(task.id, timeout=600)
+        except ValidationError as exc:  # the caller's file: their mistake, said before a request
+            return web.json_response({"error": str(exc)}, status=400)
         except AudioShakeError as exc:
             return web.json_response({"error": str(exc)}, status=502)
     return web.json_response(
@@ -75,25 +99,28 @@ async def separate(request: web.Request) -> web.Response:
 
 
 @contextlib.asynccontextmanager
-async def _emulated_app() -> AsyncIterator[web.Application]:
+async def emulated_app() -> AsyncIterator[web.Application]:
+    """The app on the local emulator (used when ``AUDIOSHAKE_API_KEY`` is not set)."""
     from audioshake_async.emulator import Emulator
 
     async with Emulator(delay=0.2) as emulator:
         yield make_app(emulator.api_key, emulator.base_url)
 
 
+async def serve(port: int = 8080) -> None:
+    """Serve until interrupted, on the real API or the emulator."""
+    async with contextlib.AsyncExitStack() as stack:
+        if os.environ.get("AUDIOSHAKE_API_KEY"):
+            app, where = make_app(), "AudioShake"
+        else:
+            app, where = await stack.enter_async_context(emulated_app()), "emulated AudioShake"
+        runner = web.AppRunner(app)
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        print(f"serving on http://127.0.0.1:{port} ({where})")
+        await anyio.sleep_forever()
+
+
 if __name__ == "__main__":
-    if "--emulator" in sys.argv:
-        import asyncio
-
-        async def serve() -> None:
-            async with _emulated_app() as app:
-                runner = web.AppRunner(app)
-                await runner.setup()
-                await web.TCPSite(runner, "127.0.0.1", 8080).start()
-                print("serving on http://127.0.0.1:8080 (emulated AudioShake)")
-                await asyncio.Event().wait()
-
-        asyncio.run(serve())
-    else:
-        web.run_app(make_app(), host="127.0.0.1", port=8080)
+    anyio.run(serve)
