@@ -131,3 +131,56 @@ def test_mypy_refuses_a_misspelt_option_and_accepts_aclosing(tmp_path: pathlib.P
     assert any('Unexpected keyword argument "concurrency"' in line for line in lines), found.stdout
     assert any('"upload_concurrency"' in line and '"str"' in line for line in lines), found.stdout
     assert len(lines) == 2, found.stdout
+
+
+async def test_download_reports_progress_per_file(
+    emulator: Emulator, tmp_path: pathlib.Path
+) -> None:
+    from .conftest import write_wav
+
+    write_wav(tmp_path / "in.wav", seconds=1.0)
+    seen: dict[str, list[tuple[int, int | None]]] = {}
+    async with fast_client(emulator) as client:
+        asset = await client.assets.upload(tmp_path / "in.wav")
+        task = await client.tasks.create(
+            asset_id=asset.id, targets=[Target("vocals", ["wav"]), Target("drums", ["wav"])]
+        )
+        task = await client.tasks.wait(task.id)
+        files = await client.download(
+            task,
+            tmp_path / "out",
+            progress=lambda name, got, total: seen.setdefault(name, []).append((got, total)),
+        )
+    assert sorted(seen) == sorted(p.name for p in files) == ["drums.wav", "vocals.wav"]
+    for path in files:
+        calls = seen[path.name]
+        size = path.stat().st_size
+        assert calls[-1] == (size, size), calls[-3:]
+        assert [got for got, _ in calls] == sorted(got for got, _ in calls)
+
+
+async def test_events_carry_a_timestamp_and_failures_their_error_class(
+    emulator: Emulator, tmp_path: pathlib.Path, make_wavs: MakeWavs
+) -> None:
+    import time
+
+    from audioshake_async.batch import BatchEvent, ItemFailed, ItemQueued
+
+    (good,) = make_wavs(1)
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    events: list[BatchEvent] = []
+    started = time.time()
+    async with fast_client(emulator) as client:
+        async for _ in client.batch(
+            [good, empty], targets=TARGETS, out_dir=tmp_path / "o", progress=events.append
+        ):
+            pass
+    assert all(started <= event.at <= time.time() for event in events)
+    stamps = [event.at for event in events]
+    assert stamps == sorted(stamps)
+    # The stamp is not part of what an event says.
+    assert ItemQueued("a", at=1.0) == ItemQueued("a", at=2.0)
+    (failed,) = [e for e in events if isinstance(e, ItemFailed)]
+    assert failed.input == str(empty)
+    assert (failed.error_type, failed.retryable) == ("ValidationError", False)

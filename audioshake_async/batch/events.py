@@ -2,12 +2,16 @@
 
 A progress hook receives every event as it happens, so a web app can report progress without the
 CLI. Hooks are plain callables, called on the event loop: keep them quick and non-blocking.
+Every event carries ``at``, the wall-clock time (``time.time()``) it happened; it takes no part
+in equality, so two events saying the same thing compare equal.
 """
 
 from __future__ import annotations
 
 import pathlib
+import time
 from collections.abc import Callable
+from typing import Any
 
 import attrs
 
@@ -27,6 +31,11 @@ __all__ = [
     "UploadProgress",
     "Uploaded",
 ]
+
+
+def _stamp() -> Any:
+    # Keyword-only, after the positional fields; left out of equality and repr.
+    return attrs.field(factory=time.time, kw_only=True, eq=False, repr=False)
 
 
 @attrs.frozen
@@ -56,6 +65,7 @@ class ItemQueued:
     """An input entered the pipeline."""
 
     input: str
+    at: float = _stamp()
 
 
 @attrs.frozen
@@ -65,6 +75,7 @@ class UploadProgress:
     input: str
     sent: int
     total: int
+    at: float = _stamp()
 
 
 @attrs.frozen
@@ -75,6 +86,7 @@ class Uploaded:
     asset_id: str
     size: int
     reused: bool = False
+    at: float = _stamp()
 
 
 @attrs.frozen
@@ -86,6 +98,7 @@ class TaskCreated:
     task_id: str
     recovered: bool = False
     resumed: bool = False
+    at: float = _stamp()
 
 
 @attrs.frozen
@@ -97,6 +110,7 @@ class TargetDone:
     target_id: str
     model: str
     status: str
+    at: float = _stamp()
 
 
 @attrs.frozen
@@ -106,6 +120,7 @@ class FileWritten:
     input: str
     path: pathlib.Path
     size: int
+    at: float = _stamp()
 
 
 @attrs.frozen
@@ -113,6 +128,7 @@ class ItemSkipped:
     """An input was already done by an earlier run."""
 
     input: str
+    at: float = _stamp()
 
 
 @attrs.frozen
@@ -121,6 +137,12 @@ class ItemFailed:
 
     input: str
     error: str
+    #: The exception's class name (None when a target ended in ``error``).
+    error_type: str | None = None
+    #: Whether running the item again may succeed (5xx, timeout, lost connection);
+    #: None when unknown.
+    retryable: bool | None = None
+    at: float = _stamp()
 
 
 @attrs.frozen
@@ -129,6 +151,7 @@ class ItemDone:
 
     input: str
     files: tuple[pathlib.Path, ...]
+    at: float = _stamp()
 
 
 BatchEvent = (

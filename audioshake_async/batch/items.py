@@ -13,6 +13,7 @@ from collections.abc import (
 
 import attrs
 
+from .. import errors
 from ..core.files import safe_filename
 from ..models import Output, Task
 from .journal import ItemJournal, OutputRecord
@@ -91,6 +92,8 @@ class Item:
     reported_targets: set[str] = attrs.Factory(set)
     files: list[pathlib.Path] = attrs.Factory(list)
     problems: list[str] = attrs.Factory(list)
+    #: The first exception that failed the item (for ItemFailed's error_type and retryable).
+    failure: BaseException | None = None
     pending_downloads: int = 0
 
     @property
@@ -164,3 +167,16 @@ def missing_formats(task: Task) -> list[str]:
                 f"target {target.model} completed without its {', '.join(missing)} output"
             )
     return problems
+
+
+def retryable(error: BaseException) -> bool | None:
+    """Whether running an item again may succeed after ``error``; None when nobody can tell."""
+    if isinstance(error, errors.AmbiguousRequestError):
+        return None  # it may have been created: look before running it again
+    if isinstance(error, (errors.APIConnectionError, errors.ServerError, errors.RateLimitError)):
+        return True
+    if isinstance(error, (errors.TaskTimeoutError, errors.DownloadError)):
+        return True
+    if isinstance(error, (errors.ValidationError, errors.APIError, OSError)):
+        return False
+    return None

@@ -42,6 +42,7 @@ from .items import (
     hash_file,
     is_url,
     missing_formats,
+    retryable,
     stem_of,
     unique_upload_name,
 )
@@ -113,6 +114,8 @@ class Pipeline:
             },
         )
         item.problems.append(message)
+        if not isinstance(error, str) and item.failure is None:
+            item.failure = error
         item.settle()
         await self.maybe_finish(item)
 
@@ -138,7 +141,15 @@ class Pipeline:
         if status == "done":
             self.emit(ItemDone(item.display, files))
         else:
-            self.emit(ItemFailed(item.display, error or "failed"))
+            failure = item.failure
+            self.emit(
+                ItemFailed(
+                    item.display,
+                    error or "failed",
+                    error_type=type(failure).__name__ if failure is not None else None,
+                    retryable=retryable(failure) if failure is not None else None,
+                )
+            )
         await self.results.send(
             BatchResult(item.display, status, task, files, error, item.directory)
         )

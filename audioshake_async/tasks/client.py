@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
-from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -23,7 +23,10 @@ if TYPE_CHECKING:
     from ..batch.options import BatchOptions, BatchOptionValues, Unpack
     from .provider import AudioShakeProvider
 
-__all__ = ["ENV_API_KEY", "ENV_BASE_URL", "AudioShake"]
+__all__ = ["ENV_API_KEY", "ENV_BASE_URL", "AudioShake", "FilesProgress"]
+
+#: ``client.download`` progress: (file name, bytes received so far, total bytes or None).
+FilesProgress = Callable[[str, int, "int | None"], None]
 
 ENV_API_KEY = "AUDIOSHAKE_API_KEY"
 ENV_BASE_URL = "AUDIOSHAKE_BASE_URL"
@@ -122,19 +125,31 @@ class AudioShake(ServiceClient):
         *,
         concurrency: int = 4,
         checksum: bool = False,
+        progress: FilesProgress | None = None,
     ) -> list[pathlib.Path]:
         """Download every output of the completed targets into ``destination``.
 
         Files are named ``<output name>.<format>`` (sanitized: a server-sent name can never
         write outside ``destination``). Each lands atomically. If some fail, the others are
         still written and :class:`~audioshake_async.errors.DownloadError` lists the failures.
+        ``progress(file_name, received, total)`` is called as bytes arrive (``total`` is None
+        when the server sends no length; ``received`` restarts if a transfer starts over).
         """
         if isinstance(task, str):
             task = await self.tasks.get(task)
         finished = task
 
         async def fetch(output: Output, path: pathlib.Path) -> DownloadedFile:
-            return await self.fetch_output(finished, output, path, checksum=checksum)
+            report: DownloadProgress | None = None
+            if progress is not None:
+                callback, name = progress, path.name
+
+                def report(received: int, total: int | None) -> None:
+                    callback(name, received, total)
+
+            return await self.fetch_output(
+                finished, output, path, checksum=checksum, progress=report
+            )
 
         planned = plan_output_paths(task.outputs, pathlib.Path(destination))
         return await download_all(planned, fetch, concurrency=concurrency)
