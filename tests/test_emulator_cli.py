@@ -146,8 +146,11 @@ async def test_factory(audioshake_emulator_factory):
 """
 
 
-async def run_pytest(tmp_path: Path, mode: str, extra: list[str]) -> tuple[int, str]:
-    mark = "@pytest.mark.asyncio" if mode == "strict" else ""
+async def run_pytest(
+    tmp_path: Path, mode: str, extra: list[str], mark: str | None = None
+) -> tuple[int, str]:
+    if mark is None:
+        mark = "@pytest.mark.asyncio" if mode == "strict" else ""
     test_file = tmp_path / "test_plugin_user.py"
     test_file.write_text(textwrap.dedent(PLUGIN_TESTS.format(mark=mark)))
     proc = await asyncio.create_subprocess_exec(
@@ -180,6 +183,18 @@ async def run_pytest(tmp_path: Path, mode: str, extra: list[str]) -> tuple[int, 
 @pytest.mark.parametrize("mode", ["auto", "strict"])
 async def test_plugin_fixtures(tmp_path: Path, mode: str) -> None:
     code, out = await run_pytest(tmp_path, mode, ["-p", "pytest_asyncio.plugin"])
+    assert code == 0, out
+    assert "3 passed" in out
+
+
+async def test_plugin_with_anyios_own_pytest_plugin(tmp_path: Path) -> None:
+    # anyio is a core dependency: its plugin alone runs the fixtures for @pytest.mark.anyio.
+    (tmp_path / "conftest.py").write_text(
+        "import pytest\n\n@pytest.fixture\ndef anyio_backend():\n    return 'asyncio'\n"
+    )
+    code, out = await run_pytest(
+        tmp_path, "strict", ["-p", "anyio.pytest_plugin"], mark="@pytest.mark.anyio"
+    )
     assert code == 0, out
     assert "3 passed" in out
 

@@ -8,10 +8,11 @@ Fixtures (async, function scope):
 ``audioshake_emulator_factory``
     ``await factory(**knobs)`` starts another emulator; all are closed at teardown.
 
-The fixtures are coroutines, so they need pytest-asyncio (auto mode, or strict mode with
-``@pytest.mark.asyncio`` tests). This module imports cleanly without it: the fixtures are
-registered at configure time, as real async fixtures when the pytest-asyncio plugin is
-active, otherwise as fixtures that fail with an explanation.
+The fixtures are coroutines, so they need an async test plugin: pytest-asyncio (auto mode, or
+its default strict mode with ``@pytest.mark.asyncio`` tests) or, when pytest-asyncio is not
+active, anyio's own plugin (tests marked ``@pytest.mark.anyio``, asyncio backend). This module
+imports cleanly without either: the fixtures are registered at configure time for the plugin
+that is active, otherwise as fixtures that fail with an explanation.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pytest
 
 MARKER = "audioshake_emulator"
 _ASYNCIO_PLUGIN_NAMES = ("asyncio", "pytest_asyncio", "pytest_asyncio.plugin")
+_ANYIO_PLUGIN_NAMES = ("anyio", "anyio.pytest_plugin")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -31,6 +33,8 @@ def pytest_configure(config: pytest.Config) -> None:
     manager = config.pluginmanager
     if any(manager.has_plugin(name) for name in _ASYNCIO_PLUGIN_NAMES):
         from . import _plugin_asyncio as fixtures
+    elif any(manager.has_plugin(name) for name in _ANYIO_PLUGIN_NAMES):
+        from . import _plugin_anyio as fixtures  # type: ignore[no-redef]
     else:
         from . import _plugin_fallback as fixtures  # type: ignore[no-redef]
     if not manager.is_registered(fixtures):
