@@ -164,6 +164,9 @@ async def test_verbose_shows_retries_and_rate_limit_pauses(
     )
     assert status == 0, err
     assert "rate limited (429)" in err and "retrying GET" in err, err
+    # The run's handler and level are gone with the run (main() may run inside a longer process).
+    package_logger = logging.getLogger("audioshake_async")
+    assert package_logger.handlers == [] and package_logger.level == logging.NOTSET
     # Without -v the same run is silent.
     emulator.configure(rate_limit_burst=1)
     status, _, err = await on(

@@ -182,7 +182,7 @@ async def test_post_tasks_retried_after_connection_refused(
     stack: list[Any] = []
 
     async def backoff(
-        method: str, url: str, attempt: int, reason: str, retry_after: float | None
+        method: str, url: str, attempt: int, reason: str, retry_after: float | None, **_: Any
     ) -> None:
         started.append(reason)
         context = serve(api.app, port=port)

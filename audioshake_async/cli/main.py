@@ -11,7 +11,7 @@ from collections.abc import Coroutine, Sequence
 from typing import Any, TextIO
 
 from .. import errors
-from ..core.logs import configure_logging
+from ..core.logs import logging_to
 from .display import log_handler
 from .parser import EXIT_ITEMS_FAILED, EXIT_USAGE, ArgumentsError, UsageError, build_parser
 from .run import migrate_command, models_command, run_command
@@ -58,15 +58,13 @@ async def _terminable(command: Coroutine[Any, Any, int]) -> int:
             loop.remove_signal_handler(signal.SIGTERM)
 
 
-def _diagnostics(args: argparse.Namespace, err: TextIO) -> logging.Handler | None:
-    """``-v`` (info) or ``--debug`` (every request): records to stderr, above the display."""
+def _level(args: argparse.Namespace) -> int | None:
+    """``-v`` (info) or ``--debug`` (every request); None for neither."""
     if getattr(args, "debug", False):
-        level = logging.DEBUG
-    elif getattr(args, "verbose", False):
-        level = logging.INFO
-    else:
-        return None
-    return configure_logging(level, handler=log_handler(err))
+        return logging.DEBUG
+    if getattr(args, "verbose", False):
+        return logging.INFO
+    return None
 
 
 def main(
@@ -91,7 +89,17 @@ def main(
         print("audioshake-async: error: give a command: run, models, emulator or migrate", file=err)
         print("try 'audioshake-async --help'", file=err)
         return EXIT_USAGE
-    logs = _diagnostics(args, err)
+    level = _level(args)
+    if level is None:
+        return _dispatch(args, out, err, None)
+    # Records go to stderr (above the live display) for this command only.
+    with logging_to(log_handler(err), level) as logs:
+        return _dispatch(args, out, err, logs)
+
+
+def _dispatch(
+    args: argparse.Namespace, out: TextIO, err: TextIO, logs: logging.Handler | None
+) -> int:
     try:
         if args.command == "migrate":
             return migrate_command(args, out, err)

@@ -19,11 +19,20 @@ Not every record has every field: use ``getattr(record, "task_id", None)``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from typing import TextIO
 
-__all__ = ["ENV_LOG", "LOGGER_NAME", "STRUCTURED_FIELDS", "configure_logging", "level_from_env"]
+__all__ = [
+    "ENV_LOG",
+    "LOGGER_NAME",
+    "STRUCTURED_FIELDS",
+    "configure_logging",
+    "level_from_env",
+    "logging_to",
+]
 
 #: The environment switch: ``debug``, ``info``, ``warning`` (case-insensitive).
 ENV_LOG = "AUDIOSHAKE_LOG"
@@ -69,6 +78,21 @@ def configure_logging(
     logger.setLevel(level)
     _installed = chosen
     return chosen
+
+
+@contextlib.contextmanager
+def logging_to(handler: logging.Handler, level: int) -> Iterator[logging.Handler]:
+    """The package's records at ``level`` go to ``handler`` inside the block only; the logger's
+    level and handlers are restored after (a CLI run inside a longer-lived process)."""
+    logger = logging.getLogger(LOGGER_NAME)
+    previous = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
 
 
 def configure_from_env() -> None:
