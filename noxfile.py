@@ -25,7 +25,7 @@ def lowest(session: nox.Session) -> None:
     """The whole suite on the lowest direct versions (``uv --resolution lowest-direct``).
 
     Proves the floors in pyproject.toml: cattrs 24.1, aiohttp 3.10.11, anyio 4.4, attrs 23.1,
-    numpy 1.24, pytest-asyncio 0.25 ... A fresh venv every time, so nothing newer lingers.
+    numpy 1.24, pytest-asyncio 0.25.1 ... A fresh venv every time, so nothing newer lingers.
     """
     session.install("uv")
     session.run(
