@@ -392,7 +392,7 @@ async def test_faults_everywhere_still_complete_every_item_exactly_once(
             download_concurrency=16,
         )
     failed = [r for r in results if not r.ok]
-    assert not failed, failed[:3]
+    assert not failed, [(r.input, r.error) for r in failed[:3]]
     assert len(results) == 200
     assert_outputs_match(emulator, results)
     stats = emulator.stats()

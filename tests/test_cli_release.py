@@ -35,10 +35,13 @@ def cli(*argv: str) -> tuple[int, str, str]:
 
 
 async def on(emulator: Emulator, *argv: str) -> tuple[int, str, str]:
-    """``run`` against ``emulator``, in a worker thread: the emulator keeps serving on this
-    test's loop, and its counters are ours to read."""
-    args = ("run", *argv, "--base-url", emulator.base_url, "--api-key", emulator.api_key)
-    return await anyio.to_thread.run_sync(lambda: cli(*args, "--quiet"))
+    """``run`` against ``emulator`` in a child process, as a user runs it; the emulator serves
+    on this test's loop, so its counters are ours to read."""
+    command = [sys.executable, "-m", "audioshake_async", "run", *argv, "--quiet"]
+    command += ["--base-url", emulator.base_url, "--api-key", emulator.api_key]
+    with anyio.fail_after(90):
+        done = await anyio.run_process(command, check=False)
+    return done.returncode, done.stdout.decode(), done.stderr.decode()
 
 
 async def test_a_missing_input_is_a_usage_error(emulator: Emulator, tmp_path: pathlib.Path) -> None:
@@ -164,15 +167,21 @@ async def test_verbose_shows_retries_and_rate_limit_pauses(
     )
     assert status == 0, err
     assert "rate limited (429)" in err and "retrying GET" in err, err
-    # The run's handler and level are gone with the run (main() may run inside a longer process).
-    package_logger = logging.getLogger("audioshake_async")
-    assert package_logger.handlers == [] and package_logger.level == logging.NOTSET
     # Without -v the same run is silent.
     emulator.configure(rate_limit_burst=1)
     status, _, err = await on(
         emulator, str(tmp_path / "a.wav"), "-m", "vocals", "-o", str(tmp_path / "o3")
     )
     assert status == 0 and "retrying" not in err
+
+
+def test_verbose_logging_lasts_for_the_command_only() -> None:
+    # main() may run inside a longer-lived process: its handler and level leave with it.
+    package_logger = logging.getLogger("audioshake_async")
+    before = (list(package_logger.handlers), package_logger.level)
+    status, _, err = cli("models", "--emulator", "--debug")
+    assert status == 0 and "/models -> 200" in err, err
+    assert (list(package_logger.handlers), package_logger.level) == before
 
 
 async def test_log_records_carry_structured_fields(

@@ -31,6 +31,7 @@ def readme_first_command() -> str:
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     pytest.importorskip("hatchling")
+    pytest.importorskip("pip")  # a uv-made venv (the lowest-direct run) has no pip
     out = tmp_path_factory.mktemp("dist")
     subprocess.run(
         [*PIP, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
