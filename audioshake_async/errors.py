@@ -19,6 +19,8 @@ __all__ = [
     "ConfigurationError",
     "DownloadError",
     "InsufficientCreditsError",
+    "JournalError",
+    "LeaseLostError",
     "NotFoundError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
@@ -156,6 +158,20 @@ class AmbiguousRequestError(APIConnectionError):
 
 class DownloadError(AudioShakeError):
     """An output could not be downloaded after every retry (and link refresh)."""
+
+
+class JournalError(AudioShakeError):
+    """The batch journal cannot record a step (disk full, database gone): the batch stops.
+
+    Nothing is lost: what the journal holds is consistent, and a re-run resumes from it.
+    """
+
+
+class LeaseLostError(JournalError):
+    """A shared journal's lease on an item was taken over or lapsed: this worker must stop.
+
+    Another worker owns the item now; the journal refused this worker's write (fencing).
+    """
 
 
 class TaskFailedError(AudioShakeError):

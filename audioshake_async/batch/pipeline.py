@@ -9,6 +9,7 @@ import pathlib
 import random
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -19,6 +20,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .. import errors
 from ..core.files import safe_filename
+from ..core.transport import SEND_GUARD
 from ..models import Target, Task
 from .events import (
     BatchEvent,
@@ -46,6 +48,7 @@ from .items import (
     unique_upload_name,
 )
 from .journal import AsyncJournal, ItemRecord, OutputRecord, journal_key
+from .journal_pg import LeasedJournal
 from .options import BatchOptions
 from .reconcile import find_by_token
 from .seam import BatchProvider
@@ -100,6 +103,10 @@ class Pipeline:
 
     async def fail(self, item: Item, error: BaseException | str) -> None:
         """Record and report the item as failed, with what it did write."""
+        if isinstance(error, errors.JournalError):
+            # The journal cannot record this (disk full, database gone, lease taken over):
+            # going on would do work nobody can resume. The batch stops.
+            raise error
         message = error if isinstance(error, str) else (str(error) or type(error).__name__)
         item.problems.append(message)
         item.settle()
@@ -330,6 +337,7 @@ class Pipeline:
         metadata = self.metadata_for(item, token)
         last_error: BaseException | None = None
         for attempt in range(1, self.options.create_attempts + 1):
+            guard = SEND_GUARD.set(self._lease_guard(item))
             try:
                 task = await self.provider.create(
                     source=None if item.is_url else item.asset_id,
@@ -369,11 +377,29 @@ class Pipeline:
                 await item.journal.record_asset(None, None, None)
                 await self.upload(item)
                 continue
+            finally:
+                SEND_GUARD.reset(guard)
             await self._adopt(item, task, recovered=False)
             return
         raise errors.AudioShakeError(
             f"task creation failed {self.options.create_attempts} times: {last_error}"
         )
+
+    def _lease_guard(self, item: Item) -> Callable[[], None] | None:
+        """With a shared journal: refuse to send ``POST /tasks`` unless the lease covers it."""
+        journal = self.journal.journal
+        if not isinstance(journal, LeasedJournal):
+            return None
+
+        def check() -> None:
+            remaining = journal.lease_remaining()
+            if remaining < journal.create_window:
+                raise errors.LeaseLostError(
+                    f"{item.display}: {remaining:.0f} s of lease left, {journal.create_window:.0f}"
+                    " s needed to send POST /tasks; not sent"
+                )
+
+        return check
 
     async def _adopt(self, item: Item, task: Task, *, recovered: bool) -> None:
         item.task_id = task.id
@@ -432,6 +458,8 @@ class Pipeline:
             async for job in inbox:
                 try:
                     await self.download(job)
+                except errors.JournalError:
+                    raise
                 except (errors.AudioShakeError, OSError) as exc:
                     job.item.problems.append(f"{job.path.name}: {exc}")
                 job.item.pending_downloads -= 1
