@@ -19,6 +19,7 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
+import attrs
 
 from .. import errors
 from ..models import Target
@@ -114,20 +115,36 @@ async def work(
     progress: ProgressHook | None = None,
     options: BatchOptions | None = None,
     idle: float | None = None,
+    shared_listing: bool = True,
 ) -> AsyncGenerator[BatchResult, None]:
     """Claim and process the batch's items until none is left; yield each item's result.
 
-    Raises :class:`~audioshake_async.errors.LeaseLostError` (after releasing what it still
-    holds) when a lease was lost: run the worker again, it claims afresh.
+    With ``shared_listing``, one worker at a time (the leader) pages the account's task
+    listing for every worker of the batch, through the database (see
+    :mod:`~audioshake_async.batch.listing_pg`). Raises
+    :class:`~audioshake_async.errors.LeaseLostError` (after releasing what it still holds)
+    when a lease was lost: run the worker again, it claims afresh.
     """
     await anyio.to_thread.run_sync(journal.register_worker)
     send, receive = anyio.create_memory_object_stream[BatchResult](64)
-    wait = idle if idle is not None else max(0.5, journal.lease / 6)
+    wait = idle if idle is not None else min(2.0, journal.lease / 6)
+    settings = options or BatchOptions()
+    poll = settings.poll or provider.poll
+    listing = None
+    if shared_listing and provider.supports_listing:
+        listing = await anyio.to_thread.run_sync(
+            lambda: journal.shared_listing(
+                provider, interval=min(10.0, max(0.2, poll.initial_interval))
+            )
+        )
+        settings = attrs.evolve(settings, listing=listing, find_interrupted_uploads=False)
 
     async def drive() -> None:
         try:
             async with send, anyio.create_task_group() as group:
                 group.start_soon(_heartbeat, journal)
+                if listing is not None:
+                    group.start_soon(listing.run)
                 batch = run_batch(
                     provider,
                     _claims(journal, wait),
@@ -135,7 +152,7 @@ async def work(
                     out_dir=pathlib.Path(out_dir),
                     journal=journal,
                     progress=progress,
-                    options=options,
+                    options=settings,
                 )
                 async with contextlib.aclosing(batch):
                     async for result in batch:
@@ -162,6 +179,8 @@ async def work(
                 await asyncio.wait([runner])
             with contextlib.suppress(errors.JournalError):
                 await anyio.to_thread.run_sync(journal.release_all)
+            if listing is not None:
+                await anyio.to_thread.run_sync(listing.close)
 
 
 def _journal_error(exc: BaseException) -> errors.JournalError | None:

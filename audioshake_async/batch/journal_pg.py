@@ -47,9 +47,12 @@ from .journal_pg_schema import (
     read_shared_tokens,
     read_status,
 )
+from .listing_pg import SharedListing
 
 if TYPE_CHECKING:
     import psycopg
+
+    from .seam import BatchProvider
 
 __all__ = [
     "MIGRATIONS",
@@ -140,6 +143,10 @@ class PostgresJournal:
         raise errors.LeaseLostError(
             f"{source}: lease lost (taken over or expired); this worker stops its work on it"
         )
+
+    def shared_listing(self, provider: BatchProvider, *, interval: float) -> SharedListing:
+        """The batch's shared listing (one leader pages the API for every worker)."""
+        return SharedListing(self._dsn, self.batch, provider, interval=interval)
 
     # ------------------------------------------------------------------ schema
 

@@ -94,6 +94,18 @@ MIGRATIONS: tuple[str, ...] = (
         stopped_at TIMESTAMPTZ
     );
     """,
+    # 2: the listing leader records every task it sees (snapshot, client token).
+    """
+    CREATE TABLE IF NOT EXISTS audioshake_tasks_seen (
+        task_id TEXT PRIMARY KEY,
+        batch TEXT NOT NULL,
+        token TEXT,
+        body JSONB NOT NULL,
+        seen_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+    );
+    CREATE INDEX IF NOT EXISTS audioshake_tasks_seen_token ON audioshake_tasks_seen (token);
+    CREATE INDEX IF NOT EXISTS audioshake_tasks_seen_batch ON audioshake_tasks_seen (batch);
+    """,
 )
 
 #: The advisory lock key that serializes migrations (any constant shared by all versions).

@@ -290,7 +290,7 @@ class Pipeline:
         def on_progress(sent: int, total: int) -> None:
             self.emit(UploadProgress(display, sent, total))
 
-        if item.upload_name is not None:
+        if item.upload_name is not None and self.options.find_interrupted_uploads:
             # An earlier run was stopped during this upload: it may have completed.
             found = await self.provider.find_upload(item.upload_name)
             if found is not None:
@@ -409,6 +409,10 @@ class Pipeline:
 
     async def find_by_token(self, token: str, *, since: float | None = None) -> Task | None:
         """The task carrying ``token``, if an earlier create made it (see :func:`find_by_token`)."""
+        if self.options.listing is not None:
+            known = await self.options.listing.find_token(token)
+            if known is not None:
+                return known
         return await find_by_token(
             self.provider, token, since=since, pages=self.options.reconcile_pages
         )
