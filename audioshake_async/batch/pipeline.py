@@ -19,6 +19,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .. import errors
 from ..core.files import safe_filename
+from ..core.http import check_source_url, has_credentials, redact_url
 from ..models import Target, Task
 from .events import (
     BatchEvent,
@@ -153,8 +154,18 @@ class Pipeline:
     ) -> None:
         """Decide where one input enters the pipeline (or report it skipped or failed)."""
         display = os.fspath(raw)
-        self.emit(ItemQueued(display))
         as_url = isinstance(raw, str) and is_url(raw)
+        if as_url and has_credentials(display):
+            display = redact_url(display)  # never echoed: not in events, summary or metadata
+        self.emit(ItemQueued(display))
+        if as_url:
+            try:
+                check_source_url(os.fspath(raw))
+            except errors.ValidationError as exc:
+                self.emit(ItemFailed(display, str(exc)))
+                await self.results.send(BatchResult(display, "failed", error=str(exc)))
+                self.in_flight.release()
+                return
         # Pure string work (the working directory was read once): no blocking call here.
         source = display if as_url else os.path.normpath(os.path.join(self.cwd, display))  # noqa: ASYNC240
         if source in self.active:

@@ -20,8 +20,8 @@ import anyio
 
 from .. import errors
 from ..models import Output
-from .download import DownloadedFile, DownloadProgress, fetch_to_file
-from .http import DEFAULT_RATE_LIMIT, PollPolicy, RetryPolicy
+from .download import DownloadedFile, DownloadLimits, DownloadProgress, fetch_to_file
+from .http import DEFAULT_MAX_JSON_BYTES, DEFAULT_RATE_LIMIT, PollPolicy, RetryPolicy
 from .transport import Timeouts, Transport
 
 __all__ = [
@@ -54,6 +54,11 @@ class ServiceClient:
 
     Use a client as ``async with Client() as client:`` and share it. A ``session`` you pass is
     used and left open; otherwise the client owns one and closes it on exit.
+
+    Bounds against a misbehaving server: ``max_json_bytes`` caps an API answer (a larger one
+    raises ResponseParseError), ``download_limits`` caps a download's size and speed (see
+    :class:`~audioshake_async.core.download.DownloadLimits`). Plain http is refused except to
+    loopback hosts unless ``allow_insecure_http``.
     """
 
     def __init__(
@@ -69,6 +74,9 @@ class ServiceClient:
         retry: RetryPolicy | None = None,
         connection_limit: int = 100,
         trust_env: bool = False,
+        allow_insecure_http: bool = False,
+        max_json_bytes: int = DEFAULT_MAX_JSON_BYTES,
+        download_limits: DownloadLimits | None = None,
     ) -> None:
         if timeout <= 0 or not math.isfinite(timeout):
             raise errors.ConfigurationError(f"timeout must be a positive number, got {timeout!r}")
@@ -85,8 +93,12 @@ class ServiceClient:
             session=session,
             connection_limit=connection_limit,
             trust_env=trust_env,
+            allow_insecure_http=allow_insecure_http,
+            max_json_bytes=max_json_bytes,
         )
         self.poll = poll or PollPolicy()
+        #: Size and speed bounds of every download of this client.
+        self.download_limits = download_limits or DownloadLimits()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self._transport.base_url!r})"
@@ -133,6 +145,7 @@ class ServiceClient:
             refresh=refresh,
             checksum=checksum,
             progress=progress,
+            limits=self.download_limits,
         )
 
 
