@@ -97,3 +97,6 @@ class Hints(Protocol):
 
     def subscribe(self, task_id: str, listener: Callable[[Task], None]) -> Callable[[], None]:
         """Call ``listener`` on each delivery about ``task_id``; returns the unsubscribe."""
+
+    def confirm(self, task: Task) -> None:
+        """An authenticated read showed ``task``: deliveries of what it shows are duplicates."""

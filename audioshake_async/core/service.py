@@ -36,6 +36,11 @@ __all__ = [
 T = TypeVar("T")
 S = TypeVar("S", bound="ServiceClient")
 
+#: Reads after a wake-up that may not show its change yet (stale snapshots), backing off from
+#: HINT_RETRY_BASE seconds: 0.25 + 0.5 + ... + 8 s, then the regular interval again.
+HINT_RETRIES = 6
+HINT_RETRY_BASE = 0.25
+
 #: Subscribes a callback to "something changed, read again now" signals (webhook deliveries);
 #: returns the function that unsubscribes it.
 Wakeups = Callable[[Callable[[], None]], Callable[[], None]]
@@ -159,12 +164,16 @@ async def poll_until(
     initial: T | None = None,
     wakeups: Wakeups | None = None,
     interval: float | None = None,
+    unconfirmed: Callable[[T], bool] | None = None,
 ) -> T:
     """Read until ``is_done``; the one wait loop of every client.
 
     ``read(last)`` returns the newest snapshot, or None when this read saw nothing new (a
     tolerated 404, a status that is not final yet). Between reads it sleeps the policy's
     backoff, or ``interval`` when given; a wake-up from ``wakeups`` ends the sleep early.
+    After a wake-up, while ``unconfirmed(last)`` says the read did not show what woke it (a
+    stale snapshot), it reads again with a short backoff (:data:`HINT_RETRIES` times) instead
+    of sleeping the whole ``interval``.
     ``timeout`` bounds the whole wait, a read in progress included, and raises
     :class:`~audioshake_async.errors.TaskTimeoutError` with the last snapshot.
     """
@@ -178,6 +187,7 @@ async def poll_until(
     unsubscribe = wakeups(wake) if wakeups is not None else None
     try:
         poll_number = 0
+        hinted, hint_tries = False, 0
         while last is None or not is_done(last):
             # Reset before reading: a wake-up that arrives during the read is not missed.
             woken = anyio.Event()
@@ -190,6 +200,10 @@ async def poll_until(
             delay = (
                 interval if interval is not None else policy.interval(poll_number, random.random())
             )
+            hinted = hinted and unconfirmed is not None and last is not None and unconfirmed(last)
+            if hinted and hint_tries < HINT_RETRIES:
+                hint_tries += 1
+                delay = min(delay, HINT_RETRY_BASE * 2 ** (hint_tries - 1))
             if deadline is not None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -197,6 +211,8 @@ async def poll_until(
                 delay = min(delay, remaining)
             with anyio.move_on_after(delay):
                 await woken.wait()
+            if woken.is_set():
+                hinted, hint_tries = True, 0
     finally:
         if unsubscribe is not None:
             unsubscribe()
