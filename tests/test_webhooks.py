@@ -132,10 +132,11 @@ async def test_batch_of_300_is_driven_by_deliveries(
             )
         counts = client.request_counts
     assert all(r.ok for r in results) and len(results) == 300
-    confirmations = receiver.stats.accepted
-    polls = counts.get("GET /tasks/{id}", 0) + counts.get("GET /tasks", 0)
-    # At most 0.1 reads per task beyond one confirmation per delivery.
-    assert polls <= confirmations + 0.1 * len(inputs), (counts, receiver.stats)
+    # Issue 15: at most 1.1 confirming reads per task (two deliveries each), counted by the
+    # emulator: close deliveries are coalesced and reads due together ride on list pages.
+    served = emulator.stats()["requests"]
+    reads = served.get("GET /tasks/{id}", 0) + served.get("GET /tasks", 0)
+    assert reads <= 1.1 * len(inputs), (served, counts, receiver.stats)
     for result in results:
         assert result.task is not None
         digests = emulator.output_digests(result.task.id)

@@ -70,8 +70,15 @@ def _terminal_keys(task: Task | None) -> frozenset[tuple[str, str]]:
     return frozenset((t.id, t.status) for t in task.targets if t.is_terminal)
 
 
-#: Errors after which reading a task again cannot help.
-_REFUSED = (errors.AuthenticationError, errors.PermissionDeniedError, errors.BadRequestError)
+#: Errors after which reading a task again cannot help. An answer too large or too deep to
+#: parse is one: the item fails at once (a rerun resumes the task) instead of re-reading a
+#: hostile answer until the unreachable timeout.
+_REFUSED = (
+    errors.AuthenticationError,
+    errors.PermissionDeniedError,
+    errors.BadRequestError,
+    errors.ResponseParseError,
+)
 
 
 class Watcher:

@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="max_bytes",
         type=_size,
         metavar="BYTES",
-        help="refuse an output larger than this (suffixes K, M, G; default 8G)",
+        help="refuse an output larger than this (suffixes K, M, G; default 4G)",
     )
     download.add_argument(
         "--speed-limit",

@@ -65,13 +65,14 @@ def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
 class DownloadLimits:
     """Bounds of one download.
 
-    ``max_bytes`` (default 8 GiB, four times the 2 GB input limit: above any real stem) refuses
+    ``max_bytes`` (default 4 GiB, twice the 2 GB input limit: a stem is as long as its input,
+    so this is above any real one) refuses
     a larger body. Fewer than ``low_speed_limit`` bytes per second (default 1 KiB/s) over
     ``low_speed_time`` seconds (default 60) makes the attempt a stall, retried with backoff:
     a stalled output costs minutes, not the transfer timeout of every attempt.
     """
 
-    max_bytes: int = attrs.field(default=8 << 30, validator=_positive)
+    max_bytes: int = attrs.field(default=4 << 30, validator=_positive)
     low_speed_limit: float = attrs.field(default=1024.0, validator=_positive)
     low_speed_time: float = attrs.field(default=60.0, validator=_positive)
 

@@ -20,6 +20,9 @@ _UNSAFE_CHARS = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]+")
 #: Longest file name written, in bytes of the file system's encoding. File systems allow 255;
 #: the rest is room for the hidden part file's prefix and suffix (``.<name>.<tag>.part``).
 MAX_NAME_BYTES = 200
+#: Longest stem (before suffix and extension): 150, as when names were cut by characters, so
+#: ASCII names, and the outputs an earlier run wrote, keep their names.
+MAX_STEM_BYTES = 150
 
 
 def _truncate_bytes(text: str, limit: int, encoding: str) -> str:
@@ -50,7 +53,7 @@ def safe_filename(
         ext = _UNSAFE_CHARS.sub("_", fmt).strip(". ") or "bin"
         tail += "." + _truncate_bytes(ext, 16, encoding)
     room = MAX_NAME_BYTES - len(tail.encode(encoding, errors="surrogateescape"))
-    text = _truncate_bytes(text, max(room, 16), encoding) or fallback
+    text = _truncate_bytes(text, max(min(room, MAX_STEM_BYTES), 16), encoding) or fallback
     return text + tail
 
 

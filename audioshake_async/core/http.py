@@ -171,6 +171,17 @@ def parse_json(raw: bytes | bytearray, *, max_depth: int = MAX_JSON_DEPTH) -> An
     raise errors.ResponseParseError(failure)
 
 
+E = TypeVar("E", bound=BaseException)
+
+
+def scrubbed(error: E) -> E:
+    """``error`` without its chain: an aiohttp exception it crossed holds request headers."""
+    error.__cause__ = None
+    error.__context__ = None
+    error.__suppress_context__ = True
+    return error
+
+
 def error_for_status(
     status: int,
     body: Any,

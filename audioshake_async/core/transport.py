@@ -49,6 +49,7 @@ from .http import (
     parse_json,
     parse_retry_after,
     redact_url,
+    scrubbed,
 )
 from .ratelimit import RateLimiter
 
@@ -191,14 +192,6 @@ class _Failure:
     reason: str
     ambiguous: errors.AmbiguousRequestError | None = None
     own: errors.AudioShakeError | None = None
-
-
-def _scrubbed(error: errors.AudioShakeError) -> errors.AudioShakeError:
-    """``error`` without its chain: the aiohttp exception it crossed holds request headers."""
-    error.__cause__ = None
-    error.__context__ = None
-    error.__suppress_context__ = True
-    return error
 
 
 async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> bytearray | None:
@@ -419,7 +412,7 @@ class Transport:
                 if failure.own is not None:
                     # aiohttp wraps an error raised by our own upload body (the file changed
                     # size or became unreadable) as a connection error; it is not transient.
-                    raise _scrubbed(failure.own)
+                    raise scrubbed(failure.own)
                 if failure.ambiguous is not None and retry is Retry.BEFORE_SEND:
                     logger.warning(
                         "%s %s: no answer after sending (%s); outcome unknown",
@@ -492,7 +485,13 @@ class Transport:
             ) as response:
                 if logger.isEnabledFor(logging.DEBUG):
                     logger.debug("GET %s -> %d", redact_url(url), response.status)
-                yield DownloadResponse(response.status, response.headers, response)
+                try:
+                    yield DownloadResponse(response.status, response.headers, response)
+                except BaseException:
+                    # Abandoned mid-body (too large, stalled, cancelled): the connection must
+                    # not go back to the pool with a body still coming.
+                    response.close()
+                    raise
         except _TRANSIENT as exc:
             error = _connection_error(exc, "GET", url)
         if error is not None:
