@@ -194,15 +194,16 @@ class _Failure:
     own: errors.AudioShakeError | None = None
 
 
-async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> bytearray | None:
+async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes | bytearray | None:
     """The body, read incrementally; None (after reading no further) when over ``limit``.
 
     A declared length over the limit is refused before any byte is read; an undeclared one is
     counted as it arrives, so a hostile answer costs at most ``limit`` bytes of memory.
     """
     length = response.content_length
-    if length is not None and length > limit:
-        return None
+    if length is not None:
+        # aiohttp reads exactly the declared length: the usual, fast path.
+        return None if length > limit else await response.read()
     body = bytearray()
     async for chunk in response.content.iter_chunked(1 << 16):
         body += chunk
