@@ -225,6 +225,37 @@ async def test_5_stale_confirming_reads_do_not_wait_for_the_safety_poll(
     assert emulator.stats()["faults"]["stale"] > 0
 
 
+async def test_5_deliveries_of_one_task_are_confirmed_by_about_one_read(
+    emulator: Emulator,
+    receiver: WebhookReceiver,
+    registered: None,
+    make_wavs: Callable[..., list[pathlib.Path]],
+    tmp_path: pathlib.Path,
+) -> None:
+    """Single GETs only (no list pages to hide the cost): two deliveries per task, and yet
+    about one confirming read per task, because close deliveries are coalesced."""
+    emulator.configure(delay=0.3, jitter=0.1)
+    inputs = make_wavs(100)
+    async with hooked_client(emulator) as client:
+        with anyio.fail_after(120):
+            results = [
+                r
+                async for r in client.batch(
+                    inputs,
+                    targets=TARGETS,
+                    out_dir=tmp_path / "out",
+                    webhooks=receiver,
+                    safety_poll=600.0,
+                    list_refresh=False,
+                    upload_concurrency=16,
+                )
+            ]
+    assert len(results) == 100 and all(r.ok for r in results)
+    served = emulator.stats()["requests"]
+    assert served.get("GET /tasks/{id}", 0) <= 1.1 * len(inputs), served
+    assert receiver.stats.accepted >= len(inputs)  # deliveries did drive the batch
+
+
 async def test_5_a_forged_early_delivery_does_not_hide_the_genuine_one(
     emulator: Emulator,
     receiver: WebhookReceiver,
