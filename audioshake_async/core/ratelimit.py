@@ -1,4 +1,9 @@
-"""A client-side rate limiter shared by every request of one client.
+"""Client-side rate limiting: the :class:`Limiter` seam and the in-process :class:`RateLimiter`.
+
+A client's transport needs only two things from a limiter (:class:`Limiter`): ``acquire()``
+before every API request and ``pause_until(seconds)`` when the server answered 429. The
+in-process limiter below serves one client; ``core.ratelimit_pg.PostgresRateLimiter`` shares
+one budget between processes and machines.
 
 GCRA (the virtual-scheduling form of a token bucket): each request reserves the next free slot,
 so waiters are served in arrival order without a lock or a background task, and a thousand
@@ -11,10 +16,31 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 import anyio
 
-__all__ = ["RateLimiter"]
+__all__ = ["Limiter", "RateLimiter"]
+
+
+@runtime_checkable
+class Limiter(Protocol):
+    """What a client's transport calls: pass one as ``rate_limit=`` to any client.
+
+    A limiter passed to a client stays its caller's: the client never closes it, so one
+    limiter may serve several clients (and, for a shared implementation, several processes).
+    """
+
+    async def acquire(self) -> None:
+        """Wait until one more API request may be sent."""
+        ...
+
+    def pause_until(self, seconds_from_now: float) -> None:
+        """Hold every later request back for ``seconds_from_now`` (the server answered 429).
+
+        Called from the request path: it must not block or raise.
+        """
+        ...
 
 
 class RateLimiter:

@@ -3,7 +3,8 @@
 Rules enforced here, once, for every request of a client:
 - the API key goes to the API's origin only (scheme, host and port of the base URL); download
   links on a CDN host never see it;
-- API requests pass the shared client-side rate limiter (downloads from other hosts do not);
+- API requests pass the client-side rate limiter (downloads from other hosts do not): its own
+  in-process one, or a :class:`~.ratelimit.Limiter` shared with other clients or processes;
 - transient failures are retried with exponential backoff and full jitter, honouring
   ``Retry-After``; a non-idempotent request is retried only when it provably never left;
 - aiohttp exceptions never escape: they are replaced by this package's errors, whose messages
@@ -43,7 +44,7 @@ from .http import (
     parse_retry_after,
     redact_url,
 )
-from .ratelimit import RateLimiter
+from .ratelimit import Limiter, RateLimiter
 
 __all__ = ["DownloadResponse", "Retry", "Timeouts", "Transport"]
 
@@ -192,7 +193,7 @@ class Transport:
         auth_headers: Mapping[str, str],
         timeouts: Timeouts | None = None,
         retry: RetryPolicy | None = None,
-        rate_limit: float | None = DEFAULT_RATE_LIMIT,
+        rate_limit: float | Limiter | None = DEFAULT_RATE_LIMIT,
         session: aiohttp.ClientSession | None = None,
         connection_limit: int = 100,
         trust_env: bool = False,
@@ -205,7 +206,13 @@ class Transport:
         self._auth = {name: _Secret(value) for name, value in auth_headers.items()}
         self.timeouts = timeouts or Timeouts()
         self.retry = retry or RetryPolicy()
-        self.limiter = RateLimiter(rate_limit) if rate_limit else None
+        # A number builds this client's own limiter; a Limiter object is shared and stays its
+        # caller's (never closed here).
+        self.limiter: Limiter | None
+        if isinstance(rate_limit, Limiter):
+            self.limiter = rate_limit
+        else:
+            self.limiter = RateLimiter(rate_limit) if rate_limit else None
         self._session = session
         self._owns_session = session is None
         self._connection_limit = connection_limit
