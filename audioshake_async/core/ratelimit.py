@@ -13,6 +13,7 @@ fake clock; only :meth:`RateLimiter.acquire` sleeps.
 
 from __future__ import annotations
 
+import bisect
 import math
 import time
 from collections.abc import Callable
@@ -20,7 +21,11 @@ from typing import Protocol, runtime_checkable
 
 import anyio
 
-__all__ = ["Limiter", "RateLimiter"]
+__all__ = ["Limiter", "RateLimiter", "SlotBook"]
+
+#: A slot granted this little before a pause's end still counts (the pause reached this worker
+#: a network delay after the database set it).
+_PAUSE_SLACK = 0.02
 
 
 @runtime_checkable
@@ -84,3 +89,63 @@ class RateLimiter:
         wait = self.reserve()
         if wait > 0:
             await anyio.sleep(wait)
+
+
+class SlotBook:
+    """The slots a shared budget granted this process, as local monotonic deadlines, and its
+    view of the pause (used by ``core.ratelimit_pg.PostgresRateLimiter``).
+
+    Pure bookkeeping (no I/O, no clock of its own): the limiter feeds it the database's answers
+    and the local time, so the maths is tested with a fake clock.
+    """
+
+    def __init__(self, interval: float, *, grace: float | None = None) -> None:
+        self.interval = interval
+        #: An unused slot this far past its deadline is dropped: sending on it now would
+        #: crowd the slots other workers are using now.
+        self.grace = interval if grace is None else grace
+        self.slots: list[float] = []
+        self.paused_until = -math.inf
+        self.granted = 0
+        self.wasted = 0
+
+    def add_block(
+        self, received_at: float, next_offset: float, pause_offset: float, count: int
+    ) -> list[float]:
+        """Record ``count`` slots ending at ``next_offset`` (seconds after the database's now,
+        counted locally from ``received_at``); return their deadlines."""
+        start = received_at + next_offset - count * self.interval
+        block = [start + j * self.interval for j in range(count)]
+        self.granted += count
+        if pause_offset > 0:
+            self.pause(received_at, pause_offset)
+        for deadline in block:
+            bisect.insort(self.slots, deadline)
+        return block
+
+    def pause(self, now: float, seconds: float) -> None:
+        """Hold back until ``now + seconds``; granted slots inside the pause are void."""
+        self.paused_until = max(self.paused_until, now + max(0.0, seconds))
+        kept = [d for d in self.slots if self.valid(d)]
+        self.wasted += len(self.slots) - len(kept)
+        self.slots = kept
+
+    def valid(self, deadline: float) -> bool:
+        """Whether a slot is outside the pause."""
+        return deadline >= self.paused_until - _PAUSE_SLACK
+
+    def take(self, now: float) -> float | None:
+        """The earliest usable slot, or None when a reservation is needed."""
+        while self.slots:
+            deadline = self.slots.pop(0)
+            if deadline >= now - self.grace and self.valid(deadline):
+                return deadline
+            self.wasted += 1
+        return None
+
+    def give_back(self, deadline: float, now: float) -> None:
+        """A slot whose request was cancelled before it was sent: the next request takes it."""
+        if deadline >= now - self.grace and self.valid(deadline):
+            bisect.insort(self.slots, deadline)
+        else:
+            self.wasted += 1
