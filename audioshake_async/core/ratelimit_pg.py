@@ -162,6 +162,11 @@ class PostgresRateLimiter:
         #: Statements sent to PostgreSQL (reservations, pauses, setup), for the benchmark.
         self.round_trips = 0
         self.reconnects = 0
+        #: Longest statement round trip and longest wake-up delay after a slot's deadline, in
+        #: seconds: their sum bounds how long after its slot (on the database clock) any
+        #: request of this process left :meth:`acquire` (see :attr:`lag_bound`).
+        self.max_round_trip = 0.0
+        self.max_late = 0.0
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._conn_lock = asyncio.Lock()
         self._refilling: asyncio.Future[None] | None = None
@@ -187,6 +192,11 @@ class PostgresRateLimiter:
     def slots_wasted(self) -> int:
         """Granted slots never used (voided by a pause, or left unused past their time)."""
         return self._book.wasted
+
+    @property
+    def lag_bound(self) -> float:
+        """Seconds: no request left :meth:`acquire` later than this after its slot."""
+        return self.max_round_trip + max(0.0, self.max_late)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -245,6 +255,7 @@ class PostgresRateLimiter:
                 self._sleeping -= 1
                 self._room.set()
             if self._book.valid(deadline):  # a pause may have arrived while this slept
+                self.max_late = max(self.max_late, self._clock() - deadline)
                 return
             self._book.wasted += 1
 
@@ -411,9 +422,11 @@ class PostgresRateLimiter:
             try:
                 conn = await self._connection()
                 self.round_trips += 1
+                sent = self._clock()
                 row: tuple[Any, ...] | None = await asyncio.wait_for(
                     self._fetch_one(conn, sql, params), _QUERY_TIMEOUT
                 )
+                self.max_round_trip = max(self.max_round_trip, self._clock() - sent)
                 if failing:
                     logger.info("shared rate limit: database reachable again")
                 return row
