@@ -41,7 +41,9 @@ class Stamped:
 
 
 async def main(args: argparse.Namespace) -> dict[str, float | int]:
-    async with PostgresRateLimiter(args.dsn, rate=args.rate, account=args.account) as limiter:
+    async with PostgresRateLimiter(
+        args.dsn, rate=args.rate, account=args.account, jitter=args.jitter
+    ) as limiter:
 
         async def on_start(
             session: aiohttp.ClientSession,
@@ -93,6 +95,7 @@ if __name__ == "__main__":
     parser.add_argument("--name", required=True)
     parser.add_argument("--account", default="shared-test-account")
     parser.add_argument("--rate", type=float, default=30.0)
+    parser.add_argument("--jitter", type=float, default=0.02)
     parser.add_argument("--requests", type=int, default=40)
     parser.add_argument("--concurrency", type=int, default=16)
     print(json.dumps(asyncio.run(main(parser.parse_args()))), flush=True)

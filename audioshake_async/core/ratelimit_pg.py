@@ -9,12 +9,21 @@ turns them into ``time.monotonic()`` deadlines counted from the moment the answe
 is never earlier than the database's moment. So no worker's clock matters, neither its wall
 clock nor its speed: a late answer only makes that worker later.
 
-Budget: slots are ``1/rate`` apart on the database clock, and with the default ``burst=1`` the
-database never hands out a slot before ``now``, so no 1-second window of slots holds more than
-``rate`` (``rate + burst - 1`` with a larger ``burst``). A block is only as large as the number of
-requests waiting in the process (at most ``block``, a tenth of a second's worth by default), a
-process holds at most two blocks ahead, and a slot a cancelled request leaves goes to the next
-request, so little budget is lost even when a worker dies.
+Budget: slots are ``(1 + jitter) / rate`` apart on the database clock (``jitter`` 0.02 s by
+default), the database never hands out a slot before its own now (``burst=1``), and a request
+that cannot leave within ``jitter`` of its slot's database moment (its process stalled; that
+moment is known within the round trip that fetched it) takes a fresh slot instead of crowding
+the next ones. So no 1-second window of requests leaving ``acquire()``, counted over every
+process, holds more than ``rate`` (``rate + burst - 1`` with a larger ``burst``). The price: a
+ceiling of ``rate / (1 + jitter)`` (98%), and the slots an overloaded machine's stalls miss. A
+round trip slower than ``jitter / 2`` still leaves half of ``jitter`` to the wake-up; windows may
+then exceed ``rate`` by the excess. Give every worker of an account the same ``rate`` and
+``jitter``.
+
+Round trips: a block is only as large as the number of requests waiting in the process (at
+most ``block``, a tenth of a second's worth by default), a process holds at most two blocks
+ahead, and a slot a cancelled request leaves goes to the next request, so little budget is lost
+even when a worker dies.
 
 429: :meth:`PostgresRateLimiter.pause_until` holds this process back at once, then, in the
 background, pushes ``paused_until`` in the row (later reservations start after it) and sends a
@@ -119,8 +128,10 @@ class PostgresRateLimiter:
     then ``AudioShake(key, url, rate_limit=limiter)`` in each worker. The row is keyed by
     ``account`` when given, else by :func:`account_for` of ``api_key`` and ``base_url``.
     ``block`` caps the slots reserved per round trip (default ``rate / 10``); ``burst`` is the
-    GCRA burst (default 1: no 1-second window above ``rate``). ``round_trips`` counts the
-    statements sent (for the benchmark); ``slots_granted``/``slots_wasted`` what they brought.
+    GCRA burst (default 1: no 1-second window above ``rate``); ``jitter`` the delay, in
+    seconds, a request may leave with after its slot (see the module notes). ``round_trips``
+    counts the statements sent (for the benchmark); ``slots_granted``/``slots_wasted`` what
+    they brought.
     """
 
     def __init__(
@@ -133,6 +144,7 @@ class PostgresRateLimiter:
         account: str | None = None,
         block: int | None = None,
         burst: int = 1,
+        jitter: float = 0.02,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._pg = _psycopg()
@@ -153,12 +165,17 @@ class PostgresRateLimiter:
             raise errors.ConfigurationError(f"burst must be >= 1, got {burst!r}")
         self._dsn = dsn
         self.account = account
+        if not (isinstance(jitter, int | float) and 0 <= jitter <= 0.5):
+            raise errors.ConfigurationError(f"jitter must be 0 to 0.5 s, got {jitter!r}")
         self.rate = float(rate)
-        self.interval = 1.0 / self.rate
+        self.jitter = float(jitter)
+        # Slots a little further apart than 1/rate pay for the delay a request may leave with:
+        # any 1-second window of requests then holds at most `rate` (see the module notes).
+        self.interval = (1.0 + self.jitter) / self.rate
         self.block = block if block is not None else max(1, int(self.rate / 10))
         self._tolerance = (burst - 1) * self.interval
         self._clock = clock
-        self._book = SlotBook(self.interval)
+        self._book = SlotBook(self.interval, grace=self.jitter / 2)
         #: Statements sent to PostgreSQL (reservations, pauses, setup), for the benchmark.
         self.round_trips = 0
         self.reconnects = 0
@@ -167,6 +184,7 @@ class PostgresRateLimiter:
         #: request of this process left :meth:`acquire` (see :attr:`lag_bound`).
         self.max_round_trip = 0.0
         self.max_late = 0.0
+        self._last_round_trip = 0.0
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._conn_lock = asyncio.Lock()
         self._refilling: asyncio.Future[None] | None = None
@@ -254,8 +272,11 @@ class PostgresRateLimiter:
             finally:
                 self._sleeping -= 1
                 self._room.set()
-            if self._book.valid(deadline):  # a pause may have arrived while this slept
-                self.max_late = max(self.max_late, self._clock() - deadline)
+            late = self._clock() - deadline
+            # A pause may have arrived while this slept; or this process was stalled past the
+            # slot: sent now it would crowd the next slots (of every worker), so take another.
+            if self._book.valid(deadline) and late <= self._allowed_late():
+                self.max_late = max(self.max_late, late)
                 return
             self._book.wasted += 1
 
@@ -317,6 +338,11 @@ class PostgresRateLimiter:
             await self._execute(_ENSURE_ROW, {"account": self.account})  # the row was deleted
         next_offset, pause_offset = float(row[0]), float(row[1])
         self._book.add_block(self._clock(), next_offset, pause_offset, count)
+
+    def _allowed_late(self) -> float:
+        # A slot's database moment is known only within the round trip that fetched it: the
+        # two together stay within jitter (at least half of it is left for this process).
+        return max(self.jitter - self._last_round_trip, self.jitter / 2)
 
     def _wanted(self) -> int:
         return max(1, min(self.block, self._waiting))
@@ -426,7 +452,8 @@ class PostgresRateLimiter:
                 row: tuple[Any, ...] | None = await asyncio.wait_for(
                     self._fetch_one(conn, sql, params), _QUERY_TIMEOUT
                 )
-                self.max_round_trip = max(self.max_round_trip, self._clock() - sent)
+                self._last_round_trip = self._clock() - sent
+                self.max_round_trip = max(self.max_round_trip, self._last_round_trip)
                 if failing:
                     logger.info("shared rate limit: database reachable again")
                 return row
