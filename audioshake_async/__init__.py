@@ -12,6 +12,8 @@ Quick start::
 from ._version import __version__
 from .core.download import DownloadedFile
 from .core.http import PollPolicy, RetryPolicy
+from .core.ratelimit import Limiter
+from .core.ratelimit_pg import PostgresRateLimiter
 from .errors import (
     AmbiguousRequestError,
     APIConnectionError,
@@ -63,6 +65,7 @@ __all__ = [
     "DownloadError",
     "DownloadedFile",
     "InsufficientCreditsError",
+    "Limiter",
     "Model",
     "ModelInput",
     "NotFoundError",
@@ -70,6 +73,7 @@ __all__ = [
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "PollPolicy",
+    "PostgresRateLimiter",
     "RateLimitError",
     "ResponseParseError",
     "RetryPolicy",

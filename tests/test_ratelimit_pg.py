@@ -403,3 +403,14 @@ async def test_a_pause_reaches_another_limiter_by_notify(pg_dsn: str) -> None:
             ).fetchone()
         assert 20 < left <= 30
         assert CHANNEL == "audioshake_rate_budget"
+
+
+async def test_used_without_async_with_it_opens_on_first_use(pg_dsn: str) -> None:
+    limiter = PostgresRateLimiter(pg_dsn, rate=100, account="lazy")
+    try:
+        await asyncio.gather(*(limiter.acquire() for _ in range(5)))
+        assert limiter.slots_granted >= 5
+        assert limiter._listener is not None and not limiter._listener.done()
+    finally:
+        await limiter.aclose()
+    assert limiter._listener.done()

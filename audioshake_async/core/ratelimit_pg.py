@@ -242,8 +242,9 @@ class PostgresRateLimiter:
             raise errors.ConfigurationError(
                 f"cannot open the shared rate budget: {_describe(exc)}"
             ) from None
-        self._opened = True
-        self._listener = asyncio.get_running_loop().create_task(self._listen())
+        if not self._opened:  # two first requests may both have opened: one listener
+            self._opened = True
+            self._listener = asyncio.get_running_loop().create_task(self._listen())
 
     async def aclose(self) -> None:
         """Stop listening and close the connections; pending waiters get ConfigurationError."""
@@ -282,7 +283,8 @@ class PostgresRateLimiter:
 
     def pause_until(self, seconds_from_now: float) -> None:
         """Hold every worker back for ``seconds_from_now``: here at once, elsewhere via the row."""
-        seconds = max(0.0, float(seconds_from_now))
+        seconds = float(seconds_from_now)
+        seconds = min(max(seconds, 0.0), 86400.0) if math.isfinite(seconds) else 0.0
         now = self._clock()
         self._book.pause(now, seconds)
         self._pending_pause = max(self._pending_pause, now + seconds)
@@ -294,6 +296,8 @@ class PostgresRateLimiter:
     # ------------------------------------------------------------------ reservations
 
     async def _slot(self) -> float:
+        if not self._opened:
+            await self.open()  # used without ``async with``: open on first use
         while True:
             if self._closed:
                 raise errors.ConfigurationError("the rate limiter is closed")
@@ -468,6 +472,8 @@ class PostgresRateLimiter:
                 await self._drop(conn)
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(2.0, delay * 2)
+            except self._pg.Error as exc:  # not the connection: a schema or permission problem
+                raise errors.ConfigurationError(f"shared rate budget: {_describe(exc)}") from None
 
 
 def _describe(exc: BaseException) -> str:
