@@ -78,7 +78,7 @@ async def main(args: argparse.Namespace) -> dict[str, float | int]:
             "round_trips": limiter.round_trips,
             "granted": limiter.slots_granted,
             "wasted": limiter.slots_wasted,
-            "lag_bound": limiter.lag_bound,
+            "max_lag": limiter.max_lag,
             "reconnects": limiter.reconnects,
         }
 

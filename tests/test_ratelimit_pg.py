@@ -48,52 +48,66 @@ PASSWORD = "pw-WALRUS-55"  # ignored by the trust-auth test server; must never b
 # --------------------------------------------------------------------------- pure bookkeeping
 
 
-def test_a_block_becomes_local_deadlines_from_the_moment_the_answer_arrived() -> None:
-    book = SlotBook(0.1)
-    # The database said: your 3 slots end 0.25 s after my now. The answer arrived at t=50.
-    deadlines = book.add_block(50.0, 0.25, -9.0, 3)
-    assert deadlines == pytest.approx([49.95, 50.05, 50.15])
-    assert book.take(50.0) == pytest.approx(49.95)  # due already, within grace: use it now
-    assert [book.take(50.0), book.take(50.0), book.take(50.0)] == pytest.approx(
-        [50.05, 50.15, None]
-    )
+def test_a_block_becomes_local_slots_between_question_and_answer() -> None:
+    book = SlotBook(0.1, jitter=0.02)
+    # Asked at t=49.99, answered at t=50: "your 3 slots end 0.25 s after my now".
+    slots = book.add_block(49.99, 50.0, 0.25, -9.0, 3)
+    assert [d for d, _ in slots] == pytest.approx([49.95, 50.05, 50.15])  # from the answer
+    assert [s for _, s in slots] == pytest.approx([49.94, 50.04, 50.14])  # from the question
+    # The first is due already and still within jitter of its soonest moment: use it now.
+    assert book.take(49.955) == slots[0]
+    assert [book.take(50.0), book.take(50.0), book.take(50.0)] == [slots[1], slots[2], None]
     assert book.granted == 3 and book.wasted == 0
 
 
+def test_a_slot_is_used_only_within_jitter_of_its_soonest_moment() -> None:
+    book = SlotBook(0.1, jitter=0.02)
+    slot = book.add_block(0.0, 0.005, 0.1, -1.0, 1)[0]  # deadline 0.005, soonest 0.0
+    assert book.usable(slot, 0.005) and book.usable(slot, 0.02)
+    assert not book.usable(slot, 0.021)  # this process stalled: sent now it would crowd
+    # A slow answer (round trip over jitter): its slots can never be placed well enough...
+    slow = book.add_block(1.0, 1.03, 0.1, -1.0, 1)[0]
+    assert not book.usable(slow, slow[0])
+    # ...unless every recent round trip was that slow (the link, not a stall): then only
+    # this process's own delay is bounded.
+    assert book.usable(slow, slow[0] + 0.009, slow_link=True)
+    assert not book.usable(slow, slow[0] + 0.012, slow_link=True)
+
+
 def test_unused_slots_past_their_time_are_dropped_not_sent_late() -> None:
-    book = SlotBook(0.1)
-    book.add_block(10.0, 0.3, -1.0, 3)  # slots at 10.0, 10.1, 10.2
-    assert book.take(10.25) == pytest.approx(10.2)  # 10.0 and 10.1 are stale: dropped
+    book = SlotBook(0.1, jitter=0.02)
+    book.add_block(10.0, 10.0, 0.3, -1.0, 3)  # slots at 10.0, 10.1, 10.2
+    assert book.take(10.21)[0] == pytest.approx(10.2)  # 10.0 and 10.1 are stale: dropped
     assert book.wasted == 2
 
 
 def test_a_pause_voids_the_slots_inside_it_and_keeps_the_rest() -> None:
-    book = SlotBook(0.1)
-    book.add_block(0.0, 1.0, -1.0, 10)  # slots at 0.0 .. 0.9
+    book = SlotBook(0.1, jitter=0.02)
+    book.add_block(0.0, 0.0, 1.0, -1.0, 10)  # slots at 0.0 .. 0.9
     book.pause(0.0, 0.5)
     assert book.paused_until == 0.5
-    assert book.slots == pytest.approx([0.5, 0.6, 0.7, 0.8, 0.9])
+    assert [d for d, _ in book.slots] == pytest.approx([0.5, 0.6, 0.7, 0.8, 0.9])
     assert book.wasted == 5
-    assert not book.valid(0.4) and book.valid(0.49)  # the slack for the pause's travel time
+    assert not book.valid((0.4, 0.4)) and book.valid((0.49, 0.49))  # slack: the pause travels
     book.pause(0.0, 0.1)  # a shorter pause never shortens the longer one
     assert book.paused_until == 0.5
 
 
 def test_a_block_that_reports_a_pause_applies_it() -> None:
-    book = SlotBook(0.1)
+    book = SlotBook(0.1, jitter=0.02)
     # Slots start after the pause (the database places them there); the pause is recorded.
-    book.add_block(100.0, 2.2, 2.0, 2)
+    book.add_block(100.0, 100.0, 2.2, 2.0, 2)
     assert book.paused_until == pytest.approx(102.0)
-    assert book.slots == pytest.approx([102.0, 102.1])
+    assert [d for d, _ in book.slots] == pytest.approx([102.0, 102.1])
 
 
 def test_a_cancelled_request_gives_its_slot_to_the_next() -> None:
-    book = SlotBook(0.1)
-    deadline = book.add_block(0.0, 0.1, -1.0, 1)[0]
-    assert book.take(0.0) == deadline
-    book.give_back(deadline, 0.0)
-    assert book.take(0.0) == deadline
-    book.give_back(deadline, 5.0)  # returned too late: it would crowd the current slots
+    book = SlotBook(0.1, jitter=0.02)
+    slot = book.add_block(0.0, 0.0, 0.1, -1.0, 1)[0]
+    assert book.take(0.0) == slot
+    book.give_back(slot, 0.0)
+    assert book.take(0.0) == slot
+    book.give_back(slot, 5.0)  # returned too late: it would crowd the current slots
     assert book.take(5.0) is None and book.wasted == 1
 
 
@@ -337,8 +351,9 @@ async def test_worker_processes_share_one_budget(pg_dsn: str) -> None:
     ``1 + D`` seconds of slots holds at most ``(1 + D) * rate / (1 + jitter) + 1``, which is
     ``rate`` when ``D <= jitter`` (what the limiter aims for). A request reaches the
     server between 0 and ``D`` seconds after its slot, where ``D`` is what this run measured
-    (each worker's lag bound: round trip + wake-up delay, plus the worst time from acquire() to
-    arrival), so any 1-second window of arrivals holds at most that many. Slowness only widens
+    (each worker's ``max_lag``: from its slot's soonest moment to leaving acquire(), at most
+    ``jitter``; plus the worst time from acquire() to arrival), so any 1-second window of
+    arrivals holds at most that many. Slowness only widens
     ``D``; it cannot make the bound fail. Without the sharing, 3 workers send ~3x the rate.
     """
     rate, workers, per_worker = 30.0, 3, 40
@@ -348,7 +363,7 @@ async def test_worker_processes_share_one_budget(pg_dsn: str) -> None:
     assert {name for _, _, name, _ in arrivals.seen} == {f"w{i}" for i in range(workers)}
     in_flight = max(arrived - ready for arrived, ready, _, _ in arrivals.seen)
     # + 1 ms: the worker's stamps are taken a few instructions after the limiter's own.
-    lag = max(s["lag_bound"] for s in stats) + in_flight + 0.001
+    lag = max(s["max_lag"] for s in stats) + in_flight + 0.001
     if lag > 0.5:
         pytest.skip(f"the machine stalled {lag:.2f} s: the bound would say too little")
     # Slots are (1 + jitter) / rate apart on the database clock (jitter: the worker's default).

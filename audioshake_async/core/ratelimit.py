@@ -21,7 +21,7 @@ from typing import Protocol, runtime_checkable
 
 import anyio
 
-__all__ = ["Limiter", "RateLimiter", "SlotBook"]
+__all__ = ["Limiter", "RateLimiter", "Slot", "SlotBook"]
 
 #: A slot granted this little before a pause's end still counts (the pause reached this worker
 #: a network delay after the database set it).
@@ -91,61 +91,89 @@ class RateLimiter:
             await anyio.sleep(wait)
 
 
+#: A granted slot: (deadline, soonest). The deadline is when this process may use it (its
+#: database moment, counted from when the answer arrived: never early); soonest is the same
+#: moment counted from when the question left, so the slot's true moment lies between the two.
+Slot = tuple[float, float]
+
+
 class SlotBook:
-    """The slots a shared budget granted this process, as local monotonic deadlines, and its
-    view of the pause (used by ``core.ratelimit_pg.PostgresRateLimiter``).
+    """The slots a shared budget granted this process, as local monotonic times, and its view
+    of the pause (used by ``core.ratelimit_pg.PostgresRateLimiter``).
 
     Pure bookkeeping (no I/O, no clock of its own): the limiter feeds it the database's answers
-    and the local time, so the maths is tested with a fake clock.
+    and the local time, so the maths is tested with a fake clock. A slot is used only within
+    ``jitter`` of its soonest moment: so every request leaves between 0 and ``jitter`` after
+    its slot's true moment, whatever the round trip or the process's stalls.
     """
 
-    def __init__(self, interval: float, *, grace: float | None = None) -> None:
+    def __init__(self, interval: float, jitter: float) -> None:
         self.interval = interval
-        #: An unused slot this far past its deadline is dropped: sending on it now would
-        #: crowd the slots other workers are using now.
-        self.grace = interval if grace is None else grace
-        self.slots: list[float] = []
+        self.jitter = jitter
+        self.slots: list[Slot] = []
         self.paused_until = -math.inf
         self.granted = 0
         self.wasted = 0
 
     def add_block(
-        self, received_at: float, next_offset: float, pause_offset: float, count: int
-    ) -> list[float]:
-        """Record ``count`` slots ending at ``next_offset`` (seconds after the database's now,
-        counted locally from ``received_at``); return their deadlines."""
-        start = received_at + next_offset - count * self.interval
-        block = [start + j * self.interval for j in range(count)]
+        self,
+        sent_at: float,
+        received_at: float,
+        next_offset: float,
+        pause_offset: float,
+        count: int,
+    ) -> list[Slot]:
+        """Record ``count`` slots ending ``next_offset`` seconds after the database's now (a
+        moment between ``sent_at`` and ``received_at`` here); return them."""
+        start = next_offset - count * self.interval
+        block = [
+            (received_at + start + j * self.interval, sent_at + start + j * self.interval)
+            for j in range(count)
+        ]
         self.granted += count
         if pause_offset > 0:
             self.pause(received_at, pause_offset)
-        for deadline in block:
-            bisect.insort(self.slots, deadline)
+        for slot in block:
+            bisect.insort(self.slots, slot)
         return block
 
     def pause(self, now: float, seconds: float) -> None:
         """Hold back until ``now + seconds``; granted slots inside the pause are void."""
         self.paused_until = max(self.paused_until, now + max(0.0, seconds))
-        kept = [d for d in self.slots if self.valid(d)]
+        kept = [s for s in self.slots if self.valid(s)]
         self.wasted += len(self.slots) - len(kept)
         self.slots = kept
 
-    def valid(self, deadline: float) -> bool:
+    def valid(self, slot: Slot) -> bool:
         """Whether a slot is outside the pause."""
-        return deadline >= self.paused_until - _PAUSE_SLACK
+        return slot[0] >= self.paused_until - _PAUSE_SLACK
 
-    def take(self, now: float) -> float | None:
-        """The earliest usable slot, or None when a reservation is needed."""
+    def usable(self, slot: Slot, now: float, slow_link: bool = False) -> bool:
+        """Whether a request may leave on ``slot`` at ``now`` (at or after its deadline).
+
+        ``slow_link``: every recent round trip took longer than ``jitter / 2``, so no slot can
+        be placed that well; then only this process's own delay is bounded (by half of
+        ``jitter``), rather than sending nothing.
+        """
+        if not self.valid(slot):
+            return False
+        deadline, soonest = slot
+        if now - soonest <= self.jitter:
+            return True
+        return slow_link and now - deadline <= self.jitter / 2
+
+    def take(self, now: float, slow_link: bool = False) -> Slot | None:
+        """The earliest slot still usable at its deadline, or None (a reservation is needed)."""
         while self.slots:
-            deadline = self.slots.pop(0)
-            if deadline >= now - self.grace and self.valid(deadline):
-                return deadline
+            slot = self.slots.pop(0)
+            if self.usable(slot, max(now, slot[0]), slow_link):
+                return slot
             self.wasted += 1
         return None
 
-    def give_back(self, deadline: float, now: float) -> None:
+    def give_back(self, slot: Slot, now: float, slow_link: bool = False) -> None:
         """A slot whose request was cancelled before it was sent: the next request takes it."""
-        if deadline >= now - self.grace and self.valid(deadline):
-            bisect.insort(self.slots, deadline)
+        if self.usable(slot, max(now, slot[0]), slow_link):
+            bisect.insort(self.slots, slot)
         else:
             self.wasted += 1

@@ -10,15 +10,17 @@ is never earlier than the database's moment. So no worker's clock matters, neith
 clock nor its speed: a late answer only makes that worker later.
 
 Budget: slots are ``(1 + jitter) / rate`` apart on the database clock (``jitter`` 0.02 s by
-default), the database never hands out a slot before its own now (``burst=1``), and a request
-that cannot leave within ``jitter`` of its slot's database moment (its process stalled; that
-moment is known within the round trip that fetched it) takes a fresh slot instead of crowding
-the next ones. So no 1-second window of requests leaving ``acquire()``, counted over every
-process, holds more than ``rate`` (``rate + burst - 1`` with a larger ``burst``). The price: a
-ceiling of ``rate / (1 + jitter)`` (98%), and the slots an overloaded machine's stalls miss. A
-round trip slower than ``jitter / 2`` still leaves half of ``jitter`` to the wake-up; windows may
-then exceed ``rate`` by the excess. Give every worker of an account the same ``rate`` and
-``jitter``.
+default) and the database never hands out a slot before its own now (``burst=1``). A slot's
+database moment is known here within the round trip that fetched it, and a request leaves on
+it only within ``jitter`` of the soonest that moment can be; one that cannot (its process
+stalled, or the answer was slow) takes a fresh slot instead of crowding the next ones. So every
+request leaves 0 to ``jitter`` after its slot, and no 1-second window of requests leaving
+``acquire()``, counted over every process, holds more than ``rate`` (``rate + burst - 1`` with
+a larger ``burst``). The price: a ceiling of ``rate / (1 + jitter)`` (98%), and the slots an
+overloaded machine's stalls miss. A link to the database whose every round trip is slower than
+``jitter / 2`` cannot place slots that well: then only the process's own delay is bounded and
+windows may exceed ``rate`` by the round trip's share (raise ``jitter`` for such a link). Give
+every worker of an account the same ``rate`` and ``jitter``.
 
 Round trips: a block is only as large as the number of requests waiting in the process (at
 most ``block``, a tenth of a second's worth by default), a process holds at most two blocks
@@ -44,13 +46,14 @@ import logging
 import math
 import random
 import time
+from collections import deque
 from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from .. import errors
 from .http import normalize_base_url, origin
-from .ratelimit import SlotBook
+from .ratelimit import Slot, SlotBook
 
 if TYPE_CHECKING:
     import psycopg
@@ -175,16 +178,16 @@ class PostgresRateLimiter:
         self.block = block if block is not None else max(1, int(self.rate / 10))
         self._tolerance = (burst - 1) * self.interval
         self._clock = clock
-        self._book = SlotBook(self.interval, grace=self.jitter / 2)
+        self._book = SlotBook(self.interval, self.jitter)
         #: Statements sent to PostgreSQL (reservations, pauses, setup), for the benchmark.
         self.round_trips = 0
         self.reconnects = 0
-        #: Longest statement round trip and longest wake-up delay after a slot's deadline, in
-        #: seconds: their sum bounds how long after its slot (on the database clock) any
-        #: request of this process left :meth:`acquire` (see :attr:`lag_bound`).
+        #: Seconds: the longest statement round trip, and the longest any request left
+        #: :meth:`acquire` after its slot's soonest moment (an upper bound of its lag behind
+        #: the shared schedule; at most ``jitter`` unless the link to the database is slow).
         self.max_round_trip = 0.0
-        self.max_late = 0.0
-        self._last_round_trip = 0.0
+        self.max_lag = 0.0
+        self._recent_round_trips: deque[float] = deque(maxlen=8)
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._conn_lock = asyncio.Lock()
         self._refilling: asyncio.Future[None] | None = None
@@ -210,11 +213,6 @@ class PostgresRateLimiter:
     def slots_wasted(self) -> int:
         """Granted slots never used (voided by a pause, or left unused past their time)."""
         return self._book.wasted
-
-    @property
-    def lag_bound(self) -> float:
-        """Seconds: no request left :meth:`acquire` later than this after its slot."""
-        return self.max_round_trip + max(0.0, self.max_late)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -261,23 +259,23 @@ class PostgresRateLimiter:
     async def acquire(self) -> None:
         """Wait for a slot of the shared budget (and for the end of any pause)."""
         while True:
-            deadline = await self._slot()
+            slot = await self._slot()
             self._sleeping += 1
             try:
-                delay = deadline - self._clock()
+                delay = slot[0] - self._clock()
                 if delay > 0:
                     await asyncio.sleep(delay)
             except BaseException:
-                self._book.give_back(deadline, self._clock())
+                self._book.give_back(slot, self._clock(), self._slow_link())
                 raise
             finally:
                 self._sleeping -= 1
                 self._room.set()
-            late = self._clock() - deadline
-            # A pause may have arrived while this slept; or this process was stalled past the
-            # slot: sent now it would crowd the next slots (of every worker), so take another.
-            if self._book.valid(deadline) and late <= self._allowed_late():
-                self.max_late = max(self.max_late, late)
+            now = self._clock()
+            # A pause may have arrived while this slept; or this process stalled past the slot:
+            # sent now it would crowd the next slots (of every worker), so take another.
+            if self._book.usable(slot, now, self._slow_link()):
+                self.max_lag = max(self.max_lag, now - slot[1])
                 return
             self._book.wasted += 1
 
@@ -295,7 +293,7 @@ class PostgresRateLimiter:
 
     # ------------------------------------------------------------------ reservations
 
-    async def _slot(self) -> float:
+    async def _slot(self) -> Slot:
         if not self._opened:
             await self.open()  # used without ``async with``: open on first use
         while True:
@@ -305,9 +303,9 @@ class PostgresRateLimiter:
             if self._book.paused_until > now:
                 await asyncio.sleep(self._book.paused_until - now)
                 continue
-            deadline = self._book.take(now)
-            if deadline is not None:
-                return deadline
+            slot = self._book.take(now, self._slow_link())
+            if slot is not None:
+                return slot
             await self._refill()
 
     async def _refill(self) -> None:
@@ -336,17 +334,17 @@ class PostgresRateLimiter:
         params = {"account": self.account, "tolerance": self._tolerance}
         params["span"] = count * self.interval
         while True:
-            row = await self._execute(_RESERVE, params)
+            row, sent, received = await self._execute(_RESERVE, params)
             if row is not None:
                 break
             await self._execute(_ENSURE_ROW, {"account": self.account})  # the row was deleted
-        next_offset, pause_offset = float(row[0]), float(row[1])
-        self._book.add_block(self._clock(), next_offset, pause_offset, count)
+        self._recent_round_trips.append(received - sent)
+        self._book.add_block(sent, received, float(row[0]), float(row[1]), count)
 
-    def _allowed_late(self) -> float:
-        # A slot's database moment is known only within the round trip that fetched it: the
-        # two together stay within jitter (at least half of it is left for this process).
-        return max(self.jitter - self._last_round_trip, self.jitter / 2)
+    def _slow_link(self) -> bool:
+        # Every recent reservation took over half the jitter: a slow link, not one stall.
+        recent = self._recent_round_trips
+        return len(recent) == recent.maxlen and min(recent) > self.jitter / 2
 
     def _wanted(self) -> int:
         return max(1, min(self.block, self._waiting))
@@ -438,8 +436,11 @@ class PostgresRateLimiter:
         row: tuple[Any, ...] | None = await cursor.fetchone()
         return row
 
-    async def _execute(self, sql: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
-        """Run one statement; on a lost connection, reconnect with backoff and run it again.
+    async def _execute(
+        self, sql: str, params: dict[str, Any]
+    ) -> tuple[tuple[Any, ...] | None, float, float]:
+        """Run one statement (its row, when it left, when its answer came); on a lost
+        connection, reconnect with backoff and run it again.
 
         Blocks while the database is unreachable: no request goes out without a slot.
         """
@@ -456,11 +457,11 @@ class PostgresRateLimiter:
                 row: tuple[Any, ...] | None = await asyncio.wait_for(
                     self._fetch_one(conn, sql, params), _QUERY_TIMEOUT
                 )
-                self._last_round_trip = self._clock() - sent
-                self.max_round_trip = max(self.max_round_trip, self._last_round_trip)
+                received = self._clock()
+                self.max_round_trip = max(self.max_round_trip, received - sent)
                 if failing:
                     logger.info("shared rate limit: database reachable again")
-                return row
+                return row, sent, received
             except (self._pg.OperationalError, self._pg.InterfaceError, TimeoutError) as exc:
                 if not failing:
                     logger.warning(
