@@ -190,18 +190,24 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     with running_postgres() as pg, emulator_process(rate_limit=RATE) as emulator:
         dsn = pg.new_database()
-        for workers in args.workers:
-            for mode in ("shared", "control"):
-                progress(f"{mode}: {workers} worker(s), {args.seconds:g} s")
-                extra = ["--rate", str(args.rate)]
-                extra += ["--jitter", str(args.jitter)]
-                row = run_once(mode, workers, args.seconds, dsn, emulator, f"run-{workers}", extra)
-                progress(
-                    f"  {row['per_s']:.1f} req/s, max {row['max_1s']} in 1 s, "
-                    f"{row['r429']} x 429, {row['round_trips_per_request']:.3f} PG/request, "
-                    f"{row['wasted']} slots unused"
-                )
-                rows.append(row)
+        plan = [(w, mode, args.jitter) for w in args.workers for mode in ("shared", "control")]
+        if args.wide_jitter:
+            # The most workers again with a wider jitter: fewer slots lost to stalls on an
+            # overloaded machine, for a lower ceiling (rate / (1 + jitter)).
+            plan.append((max(args.workers), "shared", args.wide_jitter))
+        for workers, mode, jitter in plan:
+            progress(f"{mode}: {workers} worker(s), {args.seconds:g} s, jitter {jitter:g} s")
+            extra = ["--rate", str(args.rate), "--jitter", str(jitter)]
+            account = f"run-{workers}-{jitter}"
+            row = run_once(mode, workers, args.seconds, dsn, emulator, account, extra)
+            row["jitter"] = jitter if mode == "shared" else None
+            row["default"] = jitter == args.jitter
+            progress(
+                f"  {row['per_s']:.1f} req/s, max {row['max_1s']} in 1 s, "
+                f"{row['r429']} x 429, {row['round_trips_per_request']:.3f} PG/request, "
+                f"{row['wasted']} slots unused"
+            )
+            rows.append(row)
     return rows
 
 
@@ -209,7 +215,7 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def render(rows: list[dict[str, Any]], info: dict[str, str], argv: list[str], end: str) -> str:
-    shared = [r for r in rows if r["mode"] == "shared"]
+    shared = [r for r in rows if r["mode"] == "shared" and r["default"]]
     rate_ok = all(r["per_s"] >= TARGET_SHARE * RATE for r in shared)
     cap_ok = all(r["max_1s"] <= RATE for r in shared)
     zero_ok = all(r["r429"] == 0 for r in shared)
@@ -226,20 +232,32 @@ def render(rows: list[dict[str, Any]], info: dict[str, str], argv: list[str], en
         "worker's aiohttp saw it.",
         "",
         "| workers | limiter | requests/s | share of 60 | max in any 1 s | 429s "
-        "| failed calls | PostgreSQL statements per request |",
-        "|---|---|---|---|---|---|---|---|",
+        "| failed calls | PostgreSQL statements per request | slots given up |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         pg = f"{r['round_trips_per_request']:.3f}" if r["mode"] == "shared" else "—"
+        label = r["mode"] if r["mode"] == "control" else f"shared, jitter {r['jitter']:g} s"
         lines.append(
-            f"| {r['workers']} | {r['mode']} | {r['per_s']:.1f} | {r['per_s'] / RATE:.0%} "
-            f"| {r['max_1s']} | {r['r429']} | {r['failures']} | {pg} |"
+            f"| {r['workers']} | {label} | {r['per_s']:.1f} | {r['per_s'] / RATE:.0%} "
+            f"| {r['max_1s']} | {r['r429']} | {r['failures']} | {pg} "
+            f"| {r['wasted'] if r['mode'] == 'shared' else '—'} |"
         )
     verdict = {True: "met", False: "MISSED"}
     lines += [
         "",
         f"Targets (shared): requests/s >= {TARGET_SHARE:.0%} of 60 {verdict[rate_ok]}; never "
         f"above 60 in any 1 s window {verdict[cap_ok]}; zero 429s {verdict[zero_ok]}.",
+        "",
+        "Reading: the shared limiter spaces slots `(1 + jitter) / 60` s apart on the database "
+        "clock, so a request leaving up to `jitter` after its slot still keeps every 1-second "
+        "window at 60: its ceiling is 60 / (1 + jitter), 58.8/s at the default 0.02 s. A request "
+        "its process could not send within `jitter` of its slot (a stall: here N workers, the "
+        "emulator, PostgreSQL and other engineers' test runs share 2 cores; see the load "
+        'average) gives its slot up ("slots given up") rather than crowd the window; that, not '
+        "the database, is the shortfall below the ceiling, and it grows with the workers per "
+        "core. A wider jitter trades ceiling for fewer slots given up. The control's 429s are "
+        "the emulator refusing the N x 60/s that N independent limiters offer.",
         "",
     ]
     return "\n".join(lines)
@@ -259,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(name, help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=float, default=RATE, help=argparse.SUPPRESS)
     parser.add_argument("--jitter", type=float, default=0.02, help="the shared limiter's")
+    parser.add_argument("--wide-jitter", type=float, default=0.05, help="one more run (0: none)")
     args = parser.parse_args(argv)
     if args.seconds is None:
         args.seconds = 3.0 if args.quick else 10.0

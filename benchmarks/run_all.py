@@ -283,7 +283,7 @@ def run_shared(mode: list[str], smoke: bool) -> tuple[int, str, list[dict[str, A
     """bench_shared_limit.py; its ``--json`` rows (one per workers x limiter)."""
     with tempfile.TemporaryDirectory(prefix="run-all-shared-") as tmp:
         path = Path(tmp) / "shared.json"
-        extra = ["--workers", "1,2", "--seconds", "1"] if smoke else []
+        extra = ["--workers", "1,2", "--seconds", "1", "--wide-jitter", "0"] if smoke else []
         code, stdout = run_script("bench_shared_limit.py", [*mode, *extra, "--json", str(path)])
         rows = json.loads(path.read_text()) if code == 0 and path.exists() else None
     return code, stdout, rows
@@ -292,7 +292,7 @@ def run_shared(mode: list[str], smoke: bool) -> tuple[int, str, list[dict[str, A
 def shared_rows(rows: list[dict[str, Any]]) -> list[str]:
     """The summary row of bench_shared_limit: the most workers measured, shared vs control."""
     most = max(r["workers"] for r in rows)
-    by_mode = {r["mode"]: r for r in rows if r["workers"] == most}
+    by_mode = {r["mode"]: r for r in rows if r["workers"] == most and r["default"]}
     shared, control = by_mode["shared"], by_mode["control"]
     rate = bench_shared_limit.RATE
     share = shared["per_s"] / rate

@@ -86,11 +86,12 @@ def test_shared_limit_benchmark_smoke_run(tmp_path: pathlib.Path) -> None:
     figures = tmp_path / "shared.json"
     done = _run(
         "bench_shared_limit.py",
-        *("--quick", "--workers", "1,2", "--seconds", "1", "--json", figures),
+        *("--quick", "--workers", "1,2", "--seconds", "1", "--wide-jitter", "0"),
+        *("--json", figures),
         timeout=110,
     )
     assert "## Shared rate budget" in done.stdout
-    assert "| 2 | shared |" in done.stdout and "| 2 | control |" in done.stdout
+    assert "| 2 | shared, jitter 0.02 s |" in done.stdout and "| 2 | control |" in done.stdout
     rows = json.loads(figures.read_text())
     assert {(r["workers"], r["mode"]) for r in rows} == {
         (w, m) for w in (1, 2) for m in ("shared", "control")
