@@ -255,9 +255,10 @@ def render(rows: list[dict[str, Any]], info: dict[str, str], argv: list[str], en
         "its process could not send within `jitter` of its slot (a stall: here N workers, the "
         "emulator, PostgreSQL and other engineers' test runs share 2 cores; see the load "
         'average) gives its slot up ("slots given up") rather than crowd the window; that, not '
-        "the database, is the shortfall below the ceiling, and it grows with the workers per "
-        "core. A wider jitter trades ceiling for fewer slots given up. The control's 429s are "
-        "the emulator refusing the N x 60/s that N independent limiters offer.",
+        "the database, is the shortfall below the ceiling (it varies with the machine's load "
+        "from run to run). A wider jitter trades ceiling for fewer slots given up. The "
+        "control's 429s are the emulator refusing the N x 60/s that N independent limiters "
+        "offer.",
         "",
     ]
     return "\n".join(lines)
