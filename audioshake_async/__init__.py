@@ -12,6 +12,8 @@ Quick start::
 from ._version import __version__
 from .core.download import DownloadedFile, DownloadLimits
 from .core.http import PollPolicy, RetryPolicy
+from .core.ratelimit import Limiter
+from .core.ratelimit_pg import PostgresRateLimiter
 from .errors import (
     AmbiguousRequestError,
     APIConnectionError,
@@ -64,6 +66,7 @@ __all__ = [
     "DownloadLimits",
     "DownloadedFile",
     "InsufficientCreditsError",
+    "Limiter",
     "Model",
     "ModelInput",
     "NotFoundError",
@@ -71,6 +74,7 @@ __all__ = [
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "PollPolicy",
+    "PostgresRateLimiter",
     "RateLimitError",
     "ResponseParseError",
     "RetryPolicy",

@@ -22,11 +22,13 @@ from .. import errors
 from ..models import Output
 from .download import DownloadedFile, DownloadLimits, DownloadProgress, fetch_to_file
 from .http import DEFAULT_MAX_JSON_BYTES, DEFAULT_RATE_LIMIT, PollPolicy, RetryPolicy
+from .ratelimit import Limiter
 from .transport import Timeouts, Transport
 
 __all__ = [
     "ServiceClient",
     "Wakeups",
+    "check_rate_limit",
     "download_all",
     "poll_until",
     "secret_from",
@@ -44,6 +46,20 @@ HINT_RETRY_BASE = 0.25
 #: Subscribes a callback to "something changed, read again now" signals (webhook deliveries);
 #: returns the function that unsubscribes it.
 Wakeups = Callable[[Callable[[], None]], Callable[[], None]]
+
+
+def check_rate_limit(rate_limit: object) -> None:
+    """Refuse a ``rate_limit`` that is neither None, a positive number nor a :class:`Limiter`."""
+    if rate_limit is None or isinstance(rate_limit, Limiter):
+        return
+    if (
+        isinstance(rate_limit, bool)
+        or not isinstance(rate_limit, int | float)
+        or not (rate_limit > 0 and math.isfinite(rate_limit))
+    ):
+        raise errors.ConfigurationError(
+            f"rate_limit must be a positive number, None or a Limiter, got {rate_limit!r}"
+        )
 
 
 def secret_from(value: str | None, env_var: str, missing: str) -> str:
@@ -64,6 +80,10 @@ class ServiceClient:
     raises ResponseParseError), ``download_limits`` caps a download's size and speed (see
     :class:`~audioshake_async.core.download.DownloadLimits`). Plain http is refused except to
     loopback hosts unless ``allow_insecure_http``.
+
+    ``rate_limit`` is requests per second for this client's own limiter (None: no limit), or a
+    :class:`~audioshake_async.core.ratelimit.Limiter` object (e.g. a ``PostgresRateLimiter``
+    shared by every worker of an account), which stays the caller's: the client never closes it.
     """
 
     def __init__(
@@ -73,7 +93,7 @@ class ServiceClient:
         auth_headers: Mapping[str, str],
         timeout: float = 60.0,
         max_retries: int = 5,
-        rate_limit: float | None = DEFAULT_RATE_LIMIT,
+        rate_limit: float | Limiter | None = DEFAULT_RATE_LIMIT,
         session: aiohttp.ClientSession | None = None,
         poll: PollPolicy | None = None,
         retry: RetryPolicy | None = None,
@@ -87,8 +107,7 @@ class ServiceClient:
             raise errors.ConfigurationError(f"timeout must be a positive number, got {timeout!r}")
         if max_retries < 0:
             raise errors.ConfigurationError(f"max_retries must be >= 0, got {max_retries!r}")
-        if rate_limit is not None and not (rate_limit > 0 and math.isfinite(rate_limit)):
-            raise errors.ConfigurationError(f"rate_limit must be positive, got {rate_limit!r}")
+        check_rate_limit(rate_limit)
         self._transport = Transport(
             base_url=base_url,
             auth_headers=auth_headers,

@@ -3,7 +3,8 @@
 Rules enforced here, once, for every request of a client:
 - the API key goes to the API's origin only (scheme, host and port of the base URL); download
   links on a CDN host never see it;
-- API requests pass the shared client-side rate limiter (downloads from other hosts do not);
+- API requests pass the client-side rate limiter (downloads from other hosts do not): its own
+  in-process one, or a :class:`~.ratelimit.Limiter` shared with other clients or processes;
 - transient failures are retried with exponential backoff and full jitter, honouring
   ``Retry-After``; a non-idempotent request is retried only when it provably never left;
 - aiohttp exceptions never escape, not even as ``__context__``: they are replaced by this
@@ -52,7 +53,7 @@ from .http import (
     redact_url,
     scrubbed,
 )
-from .ratelimit import RateLimiter
+from .ratelimit import Limiter, limiter_for
 
 __all__ = ["DownloadResponse", "Retry", "Timeouts", "Transport"]
 
@@ -232,7 +233,7 @@ class Transport:
         auth_headers: Mapping[str, str],
         timeouts: Timeouts | None = None,
         retry: RetryPolicy | None = None,
-        rate_limit: float | None = DEFAULT_RATE_LIMIT,
+        rate_limit: float | Limiter | None = DEFAULT_RATE_LIMIT,
         session: aiohttp.ClientSession | None = None,
         connection_limit: int = 100,
         trust_env: bool = False,
@@ -253,7 +254,7 @@ class Transport:
         self._auth = {name: _Secret(value) for name, value in auth_headers.items()}
         self.timeouts = timeouts or Timeouts()
         self.retry = retry or RetryPolicy()
-        self.limiter = RateLimiter(rate_limit) if rate_limit else None
+        self.limiter = limiter_for(rate_limit)
         self._session = session
         self._owns_session = session is None
         self._connection_limit = connection_limit

@@ -26,6 +26,7 @@ from ..core.http import (
     redact_url,
     require_id,
 )
+from ..core.ratelimit import Limiter
 from ..core.service import ServiceClient, download_all, poll_until, secret_from
 from ..core.transport import Retry
 from ..core.upload import ProgressCallback, prepare_upload
@@ -113,7 +114,9 @@ class LegacyClient(ServiceClient):
     Use ``async with LegacyClient() as client:``. ``token`` and ``base_url`` fall back to
     ``AUDIOSHAKE_LEGACY_TOKEN`` and ``AUDIOSHAKE_LEGACY_BASE_URL`` (default
     ``https://groovy.audioshake.ai``). Same transport as the Tasks client: one shared rate
-    limiter, retries with ``Retry-After``, the token only ever sent to the API's origin. A
+    limiter (or a shared :class:`~audioshake_async.core.ratelimit.Limiter` passed as
+    ``rate_limit``, never closed by the client), retries with ``Retry-After``, the token only
+    ever sent to the API's origin. A
     ``session`` you pass is used and left open; otherwise the client owns one and closes it.
     """
 
@@ -124,7 +127,7 @@ class LegacyClient(ServiceClient):
         *,
         timeout: float = 60.0,
         max_retries: int = 5,
-        rate_limit: float | None = DEFAULT_RATE_LIMIT,
+        rate_limit: float | Limiter | None = DEFAULT_RATE_LIMIT,
         session: aiohttp.ClientSession | None = None,
         poll: PollPolicy | None = None,
         retry: RetryPolicy | None = None,

@@ -22,6 +22,7 @@ from ..core.http import (
     RetryPolicy,
     structure_as,
 )
+from ..core.ratelimit import Limiter
 from ..core.service import ServiceClient, download_all, fresh_link_from, secret_from
 from ..core.upload import ChunkedPayload, ProgressCallback, prepare_upload
 from ..models import Output
@@ -54,6 +55,8 @@ class MusicAI(ServiceClient):
 
     ``rate_limit`` defaults to 60 requests/s: Music.AI documents no limit, so this is a polite
     cap, not a documented one; 429 answers are honoured (``Retry-After``) either way.
+    A :class:`~audioshake_async.core.ratelimit.Limiter` object works too (shared, never closed
+    by the client).
     ``upload_content_type`` is the ``Content-Type`` of upload PUTs (None: guessed from the
     file name, as the reference's curl example does).
     """
@@ -65,7 +68,7 @@ class MusicAI(ServiceClient):
         *,
         timeout: float = 60.0,
         max_retries: int = 5,
-        rate_limit: float | None = DEFAULT_RATE_LIMIT,
+        rate_limit: float | Limiter | None = DEFAULT_RATE_LIMIT,
         session: aiohttp.ClientSession | None = None,
         poll: PollPolicy | None = None,
         connection_limit: int = 100,
