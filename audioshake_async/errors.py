@@ -19,6 +19,8 @@ __all__ = [
     "ConfigurationError",
     "DownloadError",
     "InsufficientCreditsError",
+    "JournalBusyError",
+    "JournalError",
     "NotFoundError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
@@ -156,6 +158,63 @@ class AmbiguousRequestError(APIConnectionError):
 
 class DownloadError(AudioShakeError):
     """An output could not be downloaded after every retry (and link refresh)."""
+
+
+class JournalError(AudioShakeError):
+    """The batch journal could not be opened, read or written (disk full, I/O error...).
+
+    ``step`` names the journal operation that failed (``record_output``, ``finish``, ``open``...),
+    ``source`` the input it was for (None when it concerns the whole journal), ``path`` the
+    journal. The batch stops cleanly on it: a re-run resumes from what was recorded.
+    """
+
+    def __init__(
+        self, message: str, *, step: str = "", source: str | None = None, path: str = ""
+    ) -> None:
+        self.step = step
+        self.source = source
+        self.path = path
+        super().__init__(message)
+
+    def __reduce__(self) -> Any:
+        return (
+            _rebuild_journal_error,
+            (type(self), self.args[0], self.step, self.source, self.path),
+        )
+
+
+def _rebuild_journal_error(
+    cls: type[JournalError], message: str, step: str, source: str | None, path: str
+) -> JournalError:
+    return cls(message, step=step, source=source, path=path)
+
+
+class JournalBusyError(JournalError):
+    """Another process holds the journal: running beside it could bill the same work twice.
+
+    ``pid`` and ``host`` name the holder as it recorded itself (None when it had not yet), the
+    holder's lock is released by the operating system when it exits, however it exits.
+    """
+
+    def __init__(
+        self, path: str, *, pid: int | None = None, host: str | None = None, since: str = ""
+    ) -> None:
+        self.pid = pid
+        self.host = host
+        holder = f"pid {pid if pid is not None else '?'} on host {host or '?'}"
+        when = f" since {since}" if since else ""
+        super().__init__(f"journal in use by {holder}{when}: {path}", step="open", path=path)
+
+    def __reduce__(self) -> Any:
+        return (_rebuild_busy_error, (self.path, self.pid, self.host, self.args[0]))
+
+
+def _rebuild_busy_error(
+    path: str, pid: int | None, host: str | None, message: str
+) -> JournalBusyError:
+    error = JournalBusyError(path, pid=pid, host=host)
+    error.args = (message,)
+    return error
 
 
 class TaskFailedError(AudioShakeError):
