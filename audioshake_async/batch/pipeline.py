@@ -79,9 +79,10 @@ class Pipeline:
         self.in_flight = anyio.Semaphore(options.max_in_flight)
         self.watcher = Watcher(self)
         self.cwd = os.getcwd()
-        # Sources between admission and their result (at most max_in_flight of them): the same
-        # file listed twice must not be uploaded, billed and written twice at once.
-        self.active: set[str] = set()
+        # Sources between admission and their result (at most max_in_flight of them), with
+        # their display names: the same file listed twice must not be uploaded, billed and
+        # written twice at once, and a stopped batch reports each of them.
+        self.active: dict[str, str] = {}
         lifetime = provider.source_lifetime
         self.asset_max_age = lifetime - min(7200.0, lifetime / 10)
         if options.asset_max_age is not None:
@@ -110,7 +111,6 @@ class Pipeline:
         if item.finished or not item.task_done or item.pending_downloads:
             return
         item.state = ItemState.FINISHED
-        self.active.discard(item.source)
         task = item.task
         if task is not None:
             for target in task.failed_targets:
@@ -131,7 +131,22 @@ class Pipeline:
         await self.results.send(
             BatchResult(item.display, status, task, files, error, item.directory)
         )
+        # Only once reported: an item stopped before that is reported by report_stopped.
+        self.active.pop(item.source, None)
         self.in_flight.release()
+
+    async def report_stopped(self, failure: errors.JournalError) -> None:
+        """The journal failed and the batch stopped: each item still in flight ends failed.
+
+        Nothing of theirs is lost: every stage stops as safely as a crash would (the journal
+        holds each step that completed, no file is under its final name unfinished), so a
+        re-run resumes them without creating any task twice.
+        """
+        error = f"not finished: the batch stopped when the journal failed ({failure.step})"
+        for display in list(self.active.values()):
+            self.emit(ItemFailed(display, error))
+            await self.results.send(BatchResult(display, "failed", error=error))
+        self.active.clear()
 
     def metadata_for(self, item: Item, token: str) -> str:
         extra = dict(self.options.metadata or {})
@@ -164,7 +179,7 @@ class Pipeline:
             )
             self.in_flight.release()
             return
-        self.active.add(source)
+        self.active[source] = display
         stem = stem_of(source, as_url)
         dirname = await self.journal.claim_dir(source, stem)
         item = Item(
@@ -195,12 +210,12 @@ class Pipeline:
             item.upload_name = record.upload_name
             if record.status == "done" and await self._outputs_present(item):
                 item.state = ItemState.FINISHED
-                self.active.discard(source)
                 item.files = [item.directory / name for name in sorted(item.known_outputs)]
                 self.emit(ItemSkipped(display))
                 await self.results.send(
                     BatchResult(display, "skipped", None, tuple(item.files), None, item.directory)
                 )
+                self.active.pop(source, None)
                 self.in_flight.release()
                 return
             fresh = (
