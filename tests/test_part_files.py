@@ -60,21 +60,22 @@ def test_sweep_removes_unheld_old_parts_only(tmp_path: pathlib.Path) -> None:
     held_path = part_path_for(destination)
     held = open_part(held_path)  # a live writer (its own open file, so its own lock)
     orphan = tmp_path / ".vocals.wav.999999-0badcafe.part"
-    legacy = tmp_path / ".vocals.wav.part"  # the old shared name
+    other = tmp_path / ".drums.wav.999999-0badcafe.part"  # another output's: swept too
+    legacy = tmp_path / ".vocals.wav.part"  # the old name shared by every writer
     fresh = tmp_path / ".vocals.wav.999999-00000000.part"  # just created: maybe not locked yet
-    other = tmp_path / ".drums.wav.999999-0badcafe.part"  # another output's
-    for path in (orphan, legacy, fresh, other):
+    foreign = tmp_path / ".browser-download.part"  # not ours: never touched
+    for path in (orphan, other, legacy, fresh, foreign):
         path.write_bytes(b"x")
-    for path in (held_path, orphan, legacy, other):
+    for path in (held_path, orphan, other, legacy, foreign):
         age(path)
     try:
-        assert sweep_orphans(destination) == 2
-        assert parts_in(tmp_path) == sorted([held_path.name, fresh.name, other.name])
+        assert sweep_orphans(destination) == 3
+        assert parts_in(tmp_path) == sorted([held_path.name, fresh.name, foreign.name])
     finally:
         held.close()
     # Closed (the writer finished or died): now it is an orphan too.
     assert sweep_orphans(destination) == 1
-    assert parts_in(tmp_path) == sorted([fresh.name, other.name])
+    assert parts_in(tmp_path) == sorted([fresh.name, foreign.name])
 
 
 def test_json_sidecars_also_use_a_part_file_of_their_own(tmp_path: pathlib.Path) -> None:
@@ -114,15 +115,19 @@ async def test_a_live_writer_of_the_same_output_is_left_alone_and_a_killed_ones_
                 line += await child.stdout.receive()
         theirs = pathlib.Path(line.decode().strip())
         age(theirs)
+        dead = destination.with_name(".vocals.wav.999999-0badcafe.part")  # a killed run's
+        await anyio.to_thread.run_sync(dead.write_bytes, b"half")
+        age(dead)
         async with serve(cdn.app) as server:
             done = await fetch_to_file(transport, cdn.link(server, "v"), destination)
-            assert done.path.read_bytes() == cdn.blobs["v"].data
-            # The other process is still writing: its file stays, whatever its age.
-            assert parts_in(destination.parent) == [theirs.name]
-            child.send_signal(signal.SIGKILL)
-            await child.wait()
-            # Killed: the operating system released its lock; the next writer sweeps it.
-            await fetch_to_file(transport, cdn.link(server, "v"), destination)
+        assert done.path.read_bytes() == cdn.blobs["v"].data
+        # The dead run's part is swept; the other process is still writing: its file stays,
+        # however old.
+        assert parts_in(destination.parent) == [theirs.name]
+        child.send_signal(signal.SIGKILL)
+        await child.wait()
+        # Killed: the operating system released its lock, so the next sweep removes it.
+        assert sweep_orphans(destination) == 1
         assert sorted(p.name for p in destination.parent.iterdir()) == ["vocals.wav"]
     finally:
         if child.returncode is None:

@@ -3,7 +3,7 @@
 Bytes stream into a hidden part file in the destination directory, unique to this writer and
 locked while written (``core.parts``: two processes on one output never share one); the byte
 count is checked against ``Content-Length`` and the file is renamed into place only when
-complete, and unheld part files of the same output left by killed writers are swept then. A
+complete; the first in a directory sweeps the part files of killed writers there. A
 truncated or failed transfer resumes with ``Range`` when the server supports it (else restarts);
 a 403 (signed links expire after an hour) asks the caller for a fresh link. A ``Retry-After``
 on a retryable answer (429, 503...) sets the wait, capped like the API's (``max_retry_after``).
@@ -29,7 +29,7 @@ import attrs
 
 from .. import errors
 from .http import RetryPolicy, is_retryable_status, parse_retry_after, redact_url
-from .parts import open_part, part_path_for, sweep_orphans
+from .parts import open_part, part_path_for, sweep_once
 from .transport import Transport
 
 __all__ = ["DownloadedFile", "fetch_to_file"]
@@ -98,7 +98,7 @@ def _close_and_replace(handle: IO[bytes], part_path: pathlib.Path, final: pathli
     """Close the complete ``.part`` file and rename it into place (one worker-thread hop)."""
     handle.close()
     os.replace(part_path, final)
-    sweep_orphans(final)
+    sweep_once(final)
 
 
 async def fetch_to_file(

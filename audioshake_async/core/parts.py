@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
+import re
 import secrets
 import sys
 import time
@@ -19,11 +20,16 @@ from typing import IO
 
 from .locks import try_lock
 
-__all__ = ["ORPHAN_AGE", "open_part", "part_path_for", "sweep_orphans"]
+__all__ = ["ORPHAN_AGE", "open_part", "part_path_for", "sweep_once", "sweep_orphans"]
 
 #: A part file is swept only when unlocked *and* untouched this long (seconds): the age covers
 #: the instant between a writer creating its file and locking it.
 ORPHAN_AGE = 60.0
+
+_OURS = re.compile(r"\..+\.\d+-[0-9a-f]{8}\.part")
+#: Directories swept by this process (forgotten wholesale past _SWEPT_MAX: a sweep is cheap).
+_swept: set[str] = set()
+_SWEPT_MAX = 4096
 
 
 def part_path_for(destination: pathlib.Path) -> pathlib.Path:
@@ -40,21 +46,21 @@ def open_part(path: pathlib.Path) -> IO[bytes]:
     return handle
 
 
-def sweep_orphans(destination: pathlib.Path, *, keep: pathlib.Path | None = None) -> int:
-    """Delete the part files of ``destination`` that no live writer holds; returns how many.
+def sweep_orphans(destination: pathlib.Path) -> int:
+    """Delete the part files in ``destination``'s directory that no live writer holds.
 
-    Old-style names (``.<name>.part``, one shared by every writer) are swept the same way.
-    Never raises: a sweep is tidying, not part of the download.
+    Any output's, named as :func:`part_path_for` names them, and ``destination``'s old-style
+    ``.<name>.part`` (one name shared by every writer, before this module); another program's
+    ``.part`` files are left alone. Returns how many were deleted. Never raises: a sweep is
+    tidying, not part of the download.
     """
-    prefix, removed, now = f".{destination.name}.", 0, time.time()
+    legacy, removed, now = f".{destination.name}.part", 0, time.time()
     try:
         entries = list(os.scandir(destination.parent))
     except OSError:
         return 0
     for entry in entries:
-        if not (entry.name.startswith(prefix) and entry.name.endswith(".part")):
-            continue
-        if keep is not None and entry.name == keep.name:
+        if not (_OURS.fullmatch(entry.name) or entry.name == legacy):
             continue
         with contextlib.suppress(OSError):
             if now - entry.stat(follow_symlinks=False).st_mtime >= ORPHAN_AGE and _remove_unheld(
@@ -62,6 +68,21 @@ def sweep_orphans(destination: pathlib.Path, *, keep: pathlib.Path | None = None
             ):
                 removed += 1
     return removed
+
+
+def sweep_once(destination: pathlib.Path) -> None:
+    """:func:`sweep_orphans` at this process's first output in each directory.
+
+    Once per directory, not per file: a flat directory of n outputs is listed once, not n
+    times. Orphans come from a killed run, and its re-run writes into the same directories.
+    """
+    directory = os.fspath(destination.parent)
+    if directory in _swept:
+        return
+    if len(_swept) >= _SWEPT_MAX:
+        _swept.clear()
+    _swept.add(directory)
+    sweep_orphans(destination)
 
 
 def _remove_unheld(path: str) -> bool:
