@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["try_lock", "unlock"]
+__all__ = ["try_lock"]
 
 if sys.platform == "win32":
     import msvcrt
@@ -36,10 +36,6 @@ if sys.platform == "win32":
             return False
         return True
 
-    def unlock(fd: int) -> None:
-        """Release the lock taken by :func:`try_lock` (closing ``fd`` releases it too)."""
-        _locking(fd, msvcrt.LK_UNLCK)
-
 else:
     import fcntl
 
@@ -50,7 +46,3 @@ else:
         except BlockingIOError:
             return False
         return True
-
-    def unlock(fd: int) -> None:
-        """Release the lock taken by :func:`try_lock` (closing ``fd`` releases it too)."""
-        fcntl.flock(fd, fcntl.LOCK_UN)
