@@ -21,6 +21,7 @@ __all__ = [
     "InsufficientCreditsError",
     "JournalBusyError",
     "JournalError",
+    "LeaseLostError",
     "NotFoundError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
@@ -161,11 +162,11 @@ class DownloadError(AudioShakeError):
 
 
 class JournalError(AudioShakeError):
-    """The batch journal could not be opened, read or written (disk full, I/O error...).
+    """The batch journal cannot open or record a step (disk full, database gone): the batch stops.
 
-    ``step`` names the journal operation that failed (``record_output``, ``finish``, ``open``...),
-    ``source`` the input it was for (None when it concerns the whole journal), ``path`` the
-    journal. The batch stops cleanly on it: a re-run resumes from what was recorded.
+    Nothing is lost: what the journal holds is consistent, and a re-run resumes from it.
+    ``step`` names the journal operation that failed (``record_output``, ``finish``, ``open``...)
+    when known, ``source`` the input it was for, ``path`` the journal.
     """
 
     def __init__(
@@ -187,6 +188,13 @@ def _rebuild_journal_error(
     cls: type[JournalError], message: str, step: str, source: str | None, path: str
 ) -> JournalError:
     return cls(message, step=step, source=source, path=path)
+
+
+class LeaseLostError(JournalError):
+    """A shared journal's lease on an item was taken over or lapsed: this worker must stop.
+
+    Another worker owns the item now; the journal refused this worker's write (fencing).
+    """
 
 
 class JournalBusyError(JournalError):

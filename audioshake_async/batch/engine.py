@@ -46,6 +46,7 @@ from .. import errors
 from ..models import Target
 from .events import (
     BatchResult,
+    ItemFailed,
     ProgressHook,
 )
 from .items import DownloadJob, Item
@@ -125,8 +126,25 @@ async def _run_pipeline(pipeline: Pipeline, inputs: Iterable[Any] | AsyncIterabl
             # The first journal failure is kept by the journal and reported below.
             if pipeline.journal.failure is None or not _journal_failures_only(exc):
                 raise
-        if pipeline.journal.failure is not None:
-            await pipeline.report_stopped(pipeline.journal.failure)
+        failure = pipeline.journal.failure
+        # Items whose lease was lost are another worker's now: not this run's to report.
+        if failure is not None and not isinstance(failure, errors.LeaseLostError):
+            await _report_stopped(pipeline, failure)
+
+
+async def _report_stopped(pipeline: Pipeline, failure: errors.JournalError) -> None:
+    """The journal failed and the batch stopped: each item still in flight ends failed.
+
+    Nothing of theirs is lost: every stage stops as safely as a crash would (the journal holds
+    each step that completed, no file is under its final name unfinished), so a re-run resumes
+    them without creating any task twice.
+    """
+    step = f" ({failure.step})" if failure.step else ""
+    error = f"not finished: the batch stopped when the journal failed{step}"
+    for display in list(pipeline.active.values()):
+        pipeline.emit(ItemFailed(display, error))
+        await pipeline.results.send(BatchResult(display, "failed", error=error))
+    pipeline.active.clear()
 
 
 def _journal_failures_only(exc: BaseException) -> bool:

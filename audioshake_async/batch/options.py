@@ -12,7 +12,7 @@ import attrs
 
 from .. import errors
 from ..core.http import PollPolicy
-from .seam import Hints
+from .seam import Hints, Listing
 
 logger = logging.getLogger("audioshake_async.batch")
 
@@ -48,6 +48,13 @@ class BatchOptions:
     #: Deliveries drive the waiting: each one triggers one confirming GET; polling drops to
     #: a slow safety poll (deliveries can be lost).
     webhooks: Hints | None = None
+    #: List pages and token lookups from a shared source (many workers, one listing reader)
+    #: instead of each run paging the account listing itself.
+    listing: Listing | None = None
+    #: After a crash during an upload, look the upload up by name (``GET /assets``, one
+    #: unpaginated answer for the whole account) instead of uploading again. Uploads are not
+    #: billed: many-worker runs turn this off to keep lookups bounded as the account grows.
+    find_interrupted_uploads: bool = True
     #: Seconds between safety polls of a task while ``webhooks`` drive the waiting.
     safety_poll: float = 180.0
     #: Seconds a task may go without one successful read (outage, wrong provider) before its

@@ -9,6 +9,7 @@ import pathlib
 import random
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -19,6 +20,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .. import errors
 from ..core.files import safe_filename
+from ..core.transport import SEND_GUARD
 from ..models import Target, Task
 from .events import (
     BatchEvent,
@@ -46,6 +48,7 @@ from .items import (
     unique_upload_name,
 )
 from .journal import AsyncJournal, ItemRecord, OutputRecord, journal_key
+from .journal_pg import LeasedJournal
 from .options import BatchOptions
 from .reconcile import find_by_token
 from .seam import BatchProvider
@@ -101,6 +104,10 @@ class Pipeline:
 
     async def fail(self, item: Item, error: BaseException | str) -> None:
         """Record and report the item as failed, with what it did write."""
+        if isinstance(error, errors.JournalError):
+            # The journal cannot record this (disk full, database gone, lease taken over):
+            # going on would do work nobody can resume. The batch stops.
+            raise error
         message = error if isinstance(error, str) else (str(error) or type(error).__name__)
         item.problems.append(message)
         item.settle()
@@ -131,22 +138,9 @@ class Pipeline:
         await self.results.send(
             BatchResult(item.display, status, task, files, error, item.directory)
         )
-        # Only once reported: an item stopped before that is reported by report_stopped.
+        # Only once reported: an item stopped before that is reported by the engine.
         self.active.pop(item.source, None)
         self.in_flight.release()
-
-    async def report_stopped(self, failure: errors.JournalError) -> None:
-        """The journal failed and the batch stopped: each item still in flight ends failed.
-
-        Nothing of theirs is lost: every stage stops as safely as a crash would (the journal
-        holds each step that completed, no file is under its final name unfinished), so a
-        re-run resumes them without creating any task twice.
-        """
-        error = f"not finished: the batch stopped when the journal failed ({failure.step})"
-        for display in list(self.active.values()):
-            self.emit(ItemFailed(display, error))
-            await self.results.send(BatchResult(display, "failed", error=error))
-        self.active.clear()
 
     def metadata_for(self, item: Item, token: str) -> str:
         extra = dict(self.options.metadata or {})
@@ -298,7 +292,7 @@ class Pipeline:
         def on_progress(sent: int, total: int) -> None:
             self.emit(UploadProgress(display, sent, total))
 
-        if item.upload_name is not None:
+        if item.upload_name is not None and self.options.find_interrupted_uploads:
             # An earlier run was stopped during this upload: it may have completed.
             found = await self.provider.find_upload(item.upload_name)
             if found is not None:
@@ -345,6 +339,7 @@ class Pipeline:
         metadata = self.metadata_for(item, token)
         last_error: BaseException | None = None
         for attempt in range(1, self.options.create_attempts + 1):
+            guard = SEND_GUARD.set(self._lease_guard(item))
             try:
                 task = await self.provider.create(
                     source=None if item.is_url else item.asset_id,
@@ -384,11 +379,29 @@ class Pipeline:
                 await item.journal.record_asset(None, None, None)
                 await self.upload(item)
                 continue
+            finally:
+                SEND_GUARD.reset(guard)
             await self._adopt(item, task, recovered=False)
             return
         raise errors.AudioShakeError(
             f"task creation failed {self.options.create_attempts} times: {last_error}"
         )
+
+    def _lease_guard(self, item: Item) -> Callable[[], None] | None:
+        """With a shared journal: refuse to send ``POST /tasks`` unless the lease covers it."""
+        journal = self.journal.journal
+        if not isinstance(journal, LeasedJournal):
+            return None
+
+        def check() -> None:
+            remaining = journal.lease_remaining()
+            if remaining < journal.create_window:
+                raise errors.LeaseLostError(
+                    f"{item.display}: {remaining:.0f} s of lease left, {journal.create_window:.0f}"
+                    " s needed to send POST /tasks; not sent"
+                )
+
+        return check
 
     async def _adopt(self, item: Item, task: Task, *, recovered: bool) -> None:
         item.task_id = task.id
@@ -398,6 +411,10 @@ class Pipeline:
 
     async def find_by_token(self, token: str, *, since: float | None = None) -> Task | None:
         """The task carrying ``token``, if an earlier create made it (see :func:`find_by_token`)."""
+        if self.options.listing is not None:
+            known = await self.options.listing.find_token(token)
+            if known is not None:
+                return known
         return await find_by_token(
             self.provider, token, since=since, pages=self.options.reconcile_pages
         )
@@ -447,6 +464,8 @@ class Pipeline:
             async for job in inbox:
                 try:
                     await self.download(job)
+                except errors.JournalError:
+                    raise
                 except (errors.AudioShakeError, OSError) as exc:
                     job.item.problems.append(f"{job.path.name}: {exc}")
                 job.item.pending_downloads -= 1

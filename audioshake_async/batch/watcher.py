@@ -264,10 +264,11 @@ class Watcher:
     async def _refresh_by_list(self, wanted: set[str], pages_estimate: int) -> dict[str, Task]:
         found: dict[str, Task] = {}
         page_size = self.pipeline.provider.page_size
+        source = self.pipeline.options.listing or self.pipeline.provider
         skip = 0
         for _ in range(max(3, 2 * pages_estimate)):
             try:
-                page = await self.pipeline.provider.page(skip=skip, take=page_size)
+                page = await source.page(skip=skip, take=page_size)
             except errors.AudioShakeError as exc:
                 logger.info("list refresh failed (%s); falling back to single gets", exc)
                 break

@@ -6,7 +6,7 @@ import argparse
 import os
 import pathlib
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from .._version import __version__
 from ..models import MAX_TARGETS_PER_TASK, Model, Target
@@ -38,6 +38,38 @@ class _Parser(argparse.ArgumentParser):
         raise ArgumentsError(message, self.prog)
 
 
+def add_target_options(parser: argparse.ArgumentParser) -> None:
+    """The options that say what to make: models, formats, service (run and submit)."""
+    parser.add_argument(
+        "-m",
+        "--model",
+        action="append",
+        metavar="MODEL[:VARIANT]",
+        help="model to run (repeatable), e.g. vocals, instrumental:high_quality",
+    )
+    parser.add_argument(
+        "-f",
+        "--format",
+        action="append",
+        metavar="FMT",
+        help="output format (repeatable; default wav)",
+    )
+    parser.add_argument(
+        "--provider",
+        choices=PROVIDERS,
+        default="audioshake",
+        help="service: audioshake (Tasks API, default), legacy (Jobs API), musicai",
+    )
+    parser.add_argument(
+        "--api",
+        choices=("tasks", "legacy"),
+        help="AudioShake API generation: tasks (default) or legacy (= --provider legacy)",
+    )
+    parser.add_argument("--workflow", metavar="SLUG", help="Music.AI workflow (--provider musicai)")
+    parser.add_argument("--residual", action="store_true", help="also produce <model>_residual")
+    parser.add_argument("--language", metavar="L", help="language for transcription/alignment")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``audioshake-async``; its errors raise :class:`ArgumentsError`."""
     parser = _Parser(
@@ -59,33 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="INPUT",
         help="audio file, directory (recursive), https:// URL, or - for paths on stdin",
     )
-    run.add_argument(
-        "-m",
-        "--model",
-        action="append",
-        metavar="MODEL[:VARIANT]",
-        help="model to run (repeatable), e.g. vocals, instrumental:high_quality",
-    )
-    run.add_argument(
-        "-f",
-        "--format",
-        action="append",
-        metavar="FMT",
-        help="output format (repeatable; default wav)",
-    )
+    add_target_options(run)
     run.add_argument("-o", "--out", required=True, metavar="DIR", help="output directory")
-    run.add_argument(
-        "--provider",
-        choices=PROVIDERS,
-        default="audioshake",
-        help="service: audioshake (Tasks API, default), legacy (Jobs API), musicai",
-    )
-    run.add_argument(
-        "--api",
-        choices=("tasks", "legacy"),
-        help="AudioShake API generation: tasks (default) or legacy (= --provider legacy)",
-    )
-    run.add_argument("--workflow", metavar="SLUG", help="Music.AI workflow (--provider musicai)")
     run.add_argument(
         "--webhook-listen",
         metavar="HOST:PORT",
@@ -101,8 +108,6 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not call POST /webhooks: print the URL to set in the dashboard instead",
     )
-    run.add_argument("--residual", action="store_true", help="also produce <model>_residual")
-    run.add_argument("--language", metavar="L", help="language for transcription/alignment")
     run.add_argument(
         "--concurrency",
         type=int,
@@ -119,7 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     journal = run.add_mutually_exclusive_group()
     journal.add_argument(
-        "--journal", metavar="PATH", help="resume journal (default OUT/.audioshake-journal.sqlite)"
+        "--journal",
+        metavar="PATH|POSTGRESQL_URL",
+        help="resume journal (default OUT/.audioshake-journal.sqlite); a postgresql:// URL "
+        "makes the run a batch other workers can join",
     )
     journal.add_argument(
         "--no-journal", action="store_true", help="do not keep a journal (a re-run starts over)"
@@ -154,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print one JSON summary at the end")
     run.add_argument("--quiet", action="store_true", help="no progress display")
 
+    run.add_argument(
+        "--batch", metavar="NAME", help="batch name with a postgresql:// --journal (default: OUT)"
+    )
+
+    add_cluster_commands(commands)
+
     models = commands.add_parser("models", help="list the models available to the account")
     models.add_argument("--api-key")
     models.add_argument("--base-url")
@@ -170,6 +184,88 @@ def build_parser() -> argparse.ArgumentParser:
     )
     migrate.add_argument("file", metavar="FILE.json", help="legacy job requests (- for stdin)")
     return parser
+
+
+def _journal_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--journal", required=True, metavar="POSTGRESQL_URL", help="postgresql://user@host/db"
+    )
+    parser.add_argument("--batch", required=True, metavar="NAME", help="the batch's name")
+
+
+def _service_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--api-key", help="API key (default: the service's environment variable)")
+    parser.add_argument("--base-url", help="API base URL (default: the service's)")
+    parser.add_argument(
+        "--rate-limit", type=float, default=60.0, metavar="R", help="requests/s at most"
+    )
+
+
+def add_cluster_commands(commands: Any) -> None:
+    """Add ``submit``, ``worker``, ``status`` and ``audit`` to the subcommands."""
+    sub = commands.add_parser(
+        "submit",
+        help="register a batch and its inputs in a PostgreSQL journal (idempotent)",
+        description="Register the batch NAME (models, formats, output directory) and its "
+        "inputs; submitting again adds only new inputs. Workers then process it.",
+    )
+    sub.add_argument("inputs", nargs="+", metavar="INPUT", help="file, directory or https:// URL")
+    _journal_options(sub)
+    add_target_options(sub)
+    sub.add_argument(
+        "-o", "--out", required=True, metavar="DIR", help="output directory every worker reaches"
+    )
+    _service_options(sub)
+
+    worker = commands.add_parser(
+        "worker",
+        help="claim and process a batch's items until none is left (run it N times)",
+        description="Exit 0 when the batch has nothing left (1 if items failed, 3 if a lease "
+        "was lost: restart it); SIGTERM stops it cleanly, its leases released.",
+    )
+    _journal_options(worker)
+    _service_options(worker)
+    worker.add_argument("--concurrency", type=int, default=4, metavar="N", help="uploads at once")
+    worker.add_argument(
+        "--max-in-flight", type=int, default=1000, metavar="N", help="tasks waited on at once"
+    )
+    worker.add_argument(
+        "--lease", type=float, default=120.0, metavar="S", help="claim lease seconds (120)"
+    )
+    worker.add_argument(
+        "--request-timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds an API call may take (60); POST /tasks is sent only with this much "
+        "lease left, plus a margin",
+    )
+    worker.add_argument("--timeout", type=float, metavar="S", help="give up on a task after S")
+    worker.add_argument("--json", action="store_true", help="print one JSON summary at the end")
+    worker.add_argument("--quiet", action="store_true", help="no progress display")
+
+    status = commands.add_parser("status", help="a batch's counts, workers alive and failures")
+    _journal_options(status)
+    status.add_argument("--json", action="store_true", help="print JSON")
+
+    audit = commands.add_parser(
+        "audit", help="list tasks of the account that share a client token (double billing)"
+    )
+    _journal_options(audit)
+    _service_options(audit)
+
+
+def targets_from_args(args: argparse.Namespace) -> list[Target]:
+    """The targets the options ask for (``--provider``/``--api`` settled first)."""
+    if args.api == "legacy":
+        args.provider = "legacy"
+    if args.provider == "musicai":
+        if not args.workflow:
+            raise UsageError("--provider musicai needs --workflow SLUG")
+        return [Target(args.workflow, ("auto",))]
+    if not args.model:
+        raise UsageError("give at least one model with -m/--model")
+    return parse_targets(args.model, args.format, residual=args.residual, language=args.language)
 
 
 def parse_targets(

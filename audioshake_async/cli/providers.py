@@ -97,7 +97,8 @@ async def tasks_api(
     if not key:
         raise UsageError(f"no API key: set {ENV_API_KEY}, pass --api-key, or use --emulator")
     base_url = args.base_url or os.environ.get(ENV_BASE_URL) or None
-    async with AudioShake(key, base_url, rate_limit=rate_limit) as client:
+    timeout = getattr(args, "request_timeout", None) or 60.0
+    async with AudioShake(key, base_url, rate_limit=rate_limit, timeout=timeout) as client:
         yield client
 
 

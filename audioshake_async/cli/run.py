@@ -21,9 +21,9 @@ from ..batch import (
     expand_inputs,
     run_batch,
 )
-from ..models import Target
+from ..batch.journal_pg import is_postgres_dsn
 from .display import ProgressTracker, live_display
-from .parser import EXIT_ITEMS_FAILED, EXIT_OK, UsageError, check_out_dir, parse_targets
+from .parser import EXIT_ITEMS_FAILED, EXIT_OK, UsageError, check_out_dir, targets_from_args
 from .providers import JOURNAL_NAME, open_provider, serve_webhooks, tasks_api
 
 
@@ -111,18 +111,11 @@ async def open_journal(path: str | None) -> AsyncIterator[SqliteJournal | None]:
 
 async def run_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """``run INPUT...``: the batch, its progress on stderr, the summary on stdout."""
-    if args.api == "legacy":
-        args.provider = "legacy"
-    if args.provider == "musicai":
-        if not args.workflow:
-            raise UsageError("--provider musicai needs --workflow SLUG")
-        targets = [Target(args.workflow, ("auto",))]
-    else:
-        if not args.model:
-            raise UsageError("give at least one model with -m/--model")
-        targets = parse_targets(
-            args.model, args.format, residual=args.residual, language=args.language
-        )
+    targets = targets_from_args(args)
+    if is_postgres_dsn(args.journal):
+        from .cluster import run_on_postgres
+
+        return await run_on_postgres(args, targets, out, err)
     if args.concurrency < 1 or args.max_in_flight < 1:
         raise UsageError("--concurrency and --max-in-flight must be at least 1")
     if args.timeout is not None and args.timeout <= 0:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import datetime as dt
 import enum
 import json
@@ -67,6 +68,14 @@ _TRANSIENT = (
     aiohttp.ClientPayloadError,
     aiohttp.ClientResponseError,
     asyncio.TimeoutError,
+)
+
+
+#: A check run just before each API request of the current task is sent (it raises to stop
+#: it). The batch engine sets it around ``POST /tasks`` to refuse sending once a shared
+#: journal's lease no longer covers the request.
+SEND_GUARD: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
+    "audioshake_send_guard", default=None
 )
 
 
@@ -328,6 +337,10 @@ class Transport:
         while True:
             if api and self.limiter is not None:
                 await self.limiter.acquire()
+            guard = SEND_GUARD.get()
+            if guard is not None:
+                # Checked after the rate-limit wait: the last moment before the request leaves.
+                guard()
             headers = self._headers(api, extra)
             data = body_factory() if body_factory is not None else data_bytes
             self.request_counts[label] += 1
