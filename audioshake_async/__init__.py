@@ -10,7 +10,7 @@ Quick start::
 """
 
 from ._version import __version__
-from .core.download import DownloadedFile
+from .core.download import DownloadedFile, DownloadLimits
 from .core.http import PollPolicy, RetryPolicy
 from .errors import (
     AmbiguousRequestError,
@@ -63,6 +63,7 @@ __all__ = [
     "BadRequestError",
     "ConfigurationError",
     "DownloadError",
+    "DownloadLimits",
     "DownloadedFile",
     "InsufficientCreditsError",
     "JournalBusyError",

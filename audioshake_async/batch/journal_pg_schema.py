@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import attrs
@@ -20,6 +21,7 @@ __all__ = [
     "connect",
     "first_line",
     "is_postgres_dsn",
+    "lease_guard",
     "read_shared_tokens",
     "read_status",
 ]
@@ -283,3 +285,21 @@ def claim_dir_in(conn: psycopg.Connection[Any], batch: str, source: str, stem: s
             )
             return candidate
         number = 2 if number is None else number + 1
+
+
+def lease_guard(journal: object, what: str) -> Callable[[], None] | None:
+    """With a leased journal: a check that refuses to send ``POST /tasks`` for ``what`` unless
+    the lease still covers the whole request (None for other journals)."""
+    if not isinstance(journal, LeasedJournal):
+        return None
+    leased = journal
+
+    def check() -> None:
+        remaining = leased.lease_remaining()
+        if remaining < leased.create_window:
+            raise errors.LeaseLostError(
+                f"{what}: {remaining:.0f} s of lease left, {leased.create_window:.0f} s needed "
+                "to send POST /tasks; not sent"
+            )
+
+    return check

@@ -9,7 +9,6 @@ import pathlib
 import random
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -20,7 +19,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .. import errors
 from ..core.files import safe_filename
-from ..core.transport import SEND_GUARD
+from ..core.http import SEND_GUARD, check_source_url, has_credentials, redact_url
 from ..models import Target, Task
 from .events import (
     BatchEvent,
@@ -48,7 +47,7 @@ from .items import (
     unique_upload_name,
 )
 from .journal import AsyncJournal, ItemRecord, OutputRecord, journal_key
-from .journal_pg import LeasedJournal
+from .journal_pg_schema import lease_guard
 from .options import BatchOptions
 from .reconcile import find_by_token
 from .seam import BatchProvider
@@ -162,8 +161,18 @@ class Pipeline:
     ) -> None:
         """Decide where one input enters the pipeline (or report it skipped or failed)."""
         display = os.fspath(raw)
-        self.emit(ItemQueued(display))
         as_url = isinstance(raw, str) and is_url(raw)
+        if as_url and has_credentials(display):
+            display = redact_url(display)  # never echoed: not in events, summary or metadata
+        self.emit(ItemQueued(display))
+        if as_url:
+            try:
+                check_source_url(os.fspath(raw))
+            except errors.ValidationError as exc:
+                self.emit(ItemFailed(display, str(exc)))
+                await self.results.send(BatchResult(display, "failed", error=str(exc)))
+                self.in_flight.release()
+                return
         # Pure string work (the working directory was read once): no blocking call here.
         source = display if as_url else os.path.normpath(os.path.join(self.cwd, display))  # noqa: ASYNC240
         if source in self.active:
@@ -339,7 +348,7 @@ class Pipeline:
         metadata = self.metadata_for(item, token)
         last_error: BaseException | None = None
         for attempt in range(1, self.options.create_attempts + 1):
-            guard = SEND_GUARD.set(self._lease_guard(item))
+            guard = SEND_GUARD.set(lease_guard(self.journal.journal, item.display))
             try:
                 task = await self.provider.create(
                     source=None if item.is_url else item.asset_id,
@@ -386,22 +395,6 @@ class Pipeline:
         raise errors.AudioShakeError(
             f"task creation failed {self.options.create_attempts} times: {last_error}"
         )
-
-    def _lease_guard(self, item: Item) -> Callable[[], None] | None:
-        """With a shared journal: refuse to send ``POST /tasks`` unless the lease covers it."""
-        journal = self.journal.journal
-        if not isinstance(journal, LeasedJournal):
-            return None
-
-        def check() -> None:
-            remaining = journal.lease_remaining()
-            if remaining < journal.create_window:
-                raise errors.LeaseLostError(
-                    f"{item.display}: {remaining:.0f} s of lease left, {journal.create_window:.0f}"
-                    " s needed to send POST /tasks; not sent"
-                )
-
-        return check
 
     async def _adopt(self, item: Item, task: Task, *, recovered: bool) -> None:
         item.task_id = task.id

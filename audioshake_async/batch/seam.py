@@ -98,6 +98,9 @@ class Hints(Protocol):
     def subscribe(self, task_id: str, listener: Callable[[Task], None]) -> Callable[[], None]:
         """Call ``listener`` on each delivery about ``task_id``; returns the unsubscribe."""
 
+    def confirm(self, task: Task) -> None:
+        """An authenticated read showed ``task``: deliveries of what it shows are duplicates."""
+
 
 class Listing(Protocol):
     """Where the watcher reads list pages and token searches look first, instead of the

@@ -159,6 +159,29 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="R",
         help="API requests per second at most (default 60, the account limit)",
     )
+    add_transport_arguments(run)
+    download = run.add_argument_group("download bounds (against a misbehaving server)")
+    download.add_argument(
+        "--max-download-size",
+        dest="max_bytes",
+        type=_size,
+        metavar="BYTES",
+        help="refuse an output larger than this (suffixes K, M, G; default 4G)",
+    )
+    download.add_argument(
+        "--speed-limit",
+        dest="low_speed_limit",
+        type=float,
+        metavar="BPS",
+        help="with --speed-time: slower than BPS bytes/s is a stalled download (default 1024)",
+    )
+    download.add_argument(
+        "--speed-time",
+        dest="low_speed_time",
+        type=float,
+        metavar="S",
+        help="seconds below --speed-limit before a download attempt is retried (default 60)",
+    )
     run.add_argument("--json", action="store_true", help="print one JSON summary at the end")
     run.add_argument("--quiet", action="store_true", help="no progress display")
 
@@ -172,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--api-key")
     models.add_argument("--base-url")
     models.add_argument("--emulator", action="store_true")
+    add_transport_arguments(models)
 
     commands.add_parser("emulator", help="run the local AudioShake emulator", add_help=False)
 
@@ -329,3 +353,28 @@ def check_out_dir(out: str) -> pathlib.Path:
     if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
         raise UsageError(f"output directory {out!r} is not writable")
     return path
+
+
+def add_transport_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--allow-insecure-http``: plain http to a remote host, for deliberate setups only."""
+    parser.add_argument(
+        "--allow-insecure-http",
+        action="store_true",
+        help="allow a plain http base URL on a remote host (the key then travels in clear text)",
+    )
+
+
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _size(text: str) -> int:
+    """``123``, ``64K``, ``500M``, ``8G`` (binary units) as bytes."""
+    value = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = value[-1:] if value[-1:] in _SIZE_UNITS else ""
+    try:
+        number = float(value[: len(value) - len(unit)])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 500M, 8G)") from None
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"a size must be positive, got {text!r}")
+    return int(number * _SIZE_UNITS[unit])

@@ -16,9 +16,16 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from .. import errors
-from ..core.download import DownloadedFile, DownloadProgress
+from ..core.download import DownloadedFile, DownloadLimits, DownloadProgress
 from ..core.files import plan_output_paths
-from ..core.http import DEFAULT_RATE_LIMIT, PollPolicy, RetryPolicy, redact_url, require_id
+from ..core.http import (
+    DEFAULT_MAX_JSON_BYTES,
+    DEFAULT_RATE_LIMIT,
+    PollPolicy,
+    RetryPolicy,
+    redact_url,
+    require_id,
+)
 from ..core.service import ServiceClient, download_all, poll_until, secret_from
 from ..core.transport import Retry
 from ..core.upload import ProgressCallback, prepare_upload
@@ -124,6 +131,9 @@ class LegacyClient(ServiceClient):
         connection_limit: int = 100,
         trust_env: bool = False,
         not_found_retries: int = DEFAULT_NOT_FOUND_RETRIES,
+        allow_insecure_http: bool = False,
+        max_json_bytes: int = DEFAULT_MAX_JSON_BYTES,
+        download_limits: DownloadLimits | None = None,
     ) -> None:
         _warn_deprecated()
         secret = _clean_token(token)
@@ -140,6 +150,9 @@ class LegacyClient(ServiceClient):
             retry=retry,
             connection_limit=connection_limit,
             trust_env=trust_env,
+            allow_insecure_http=allow_insecure_http,
+            max_json_bytes=max_json_bytes,
+            download_limits=download_limits,
         )
         self.not_found_retries = not_found_retries
 

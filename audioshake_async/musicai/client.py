@@ -13,9 +13,15 @@ import anyio.to_thread
 import attrs
 
 from .. import errors
-from ..core.download import DownloadedFile, DownloadProgress
+from ..core.download import DownloadedFile, DownloadLimits, DownloadProgress
 from ..core.files import plan_output_paths, write_json_atomic
-from ..core.http import DEFAULT_RATE_LIMIT, PollPolicy, RetryPolicy, structure_as
+from ..core.http import (
+    DEFAULT_MAX_JSON_BYTES,
+    DEFAULT_RATE_LIMIT,
+    PollPolicy,
+    RetryPolicy,
+    structure_as,
+)
 from ..core.service import ServiceClient, download_all, fresh_link_from, secret_from
 from ..core.upload import ChunkedPayload, ProgressCallback, prepare_upload
 from ..models import Output
@@ -66,6 +72,9 @@ class MusicAI(ServiceClient):
         trust_env: bool = False,
         retry: RetryPolicy | None = None,
         upload_content_type: str | None = None,
+        allow_insecure_http: bool = False,
+        max_json_bytes: int = DEFAULT_MAX_JSON_BYTES,
+        download_limits: DownloadLimits | None = None,
     ) -> None:
         key = secret_from(
             api_key, ENV_API_KEY, f"no Music.AI API key: pass api_key= or set {ENV_API_KEY}"
@@ -82,6 +91,9 @@ class MusicAI(ServiceClient):
             retry=retry,
             connection_limit=connection_limit,
             trust_env=trust_env,
+            allow_insecure_http=allow_insecure_http,
+            max_json_bytes=max_json_bytes,
+            download_limits=download_limits,
         )
         self.upload_content_type = upload_content_type
         self.jobs = JobsResource(self._transport, self.poll)

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from ..core.download import DownloadedFile, DownloadProgress
+from ..core.download import DownloadedFile, DownloadLimits, DownloadProgress
 from ..core.files import plan_output_paths
-from ..core.http import DEFAULT_RATE_LIMIT, PollPolicy, RetryPolicy
+from ..core.http import DEFAULT_MAX_JSON_BYTES, DEFAULT_RATE_LIMIT, PollPolicy, RetryPolicy
 from ..core.service import ServiceClient, download_all, fresh_link_from, secret_from
 from ..models import Output, Target, Task
 from .resources import AssetsResource, ModelsResource, TasksResource, WebhooksResource
@@ -51,6 +51,9 @@ class AudioShake(ServiceClient):
         connection_limit: int = 100,
         trust_env: bool = False,
         retry: RetryPolicy | None = None,
+        allow_insecure_http: bool = False,
+        max_json_bytes: int = DEFAULT_MAX_JSON_BYTES,
+        download_limits: DownloadLimits | None = None,
     ) -> None:
         key = secret_from(
             api_key,
@@ -68,6 +71,9 @@ class AudioShake(ServiceClient):
             retry=retry,
             connection_limit=connection_limit,
             trust_env=trust_env,
+            allow_insecure_http=allow_insecure_http,
+            max_json_bytes=max_json_bytes,
+            download_limits=download_limits,
         )
         self.assets = AssetsResource(self._transport)
         self.tasks = TasksResource(self._transport, self.poll)
