@@ -25,6 +25,7 @@ from audioshake_async.cli.parser import build_parser
 from audioshake_async.cli.providers import client_settings
 from audioshake_async.core.download import DownloadLimits, fetch_to_file
 from audioshake_async.core.files import plan_output_paths, safe_filename
+from audioshake_async.core.parts import part_path_for
 from audioshake_async.emulator import Emulator
 from audioshake_async.webhooks import WebhookReceiver
 
@@ -491,7 +492,7 @@ def test_12_long_multibyte_names_are_cut_by_bytes_keeping_the_extension(
     assert name.endswith(".wav") and len(name.encode()) <= 200
     # The final name and its hidden part file both fit (255 bytes on common file systems).
     (tmp_path / name).write_bytes(b"x")
-    (tmp_path / f".{name}.part").write_bytes(b"x")
+    part_path_for(tmp_path / name).write_bytes(b"x")  # .<name>.<pid>-<random>.part
     outputs = [Output(name="é" * 150, format="wav", link="https://x/1")] * 2
     planned = [path.name for _, path in plan_output_paths(outputs, tmp_path)]
     assert len(set(planned)) == 2 and planned[1].endswith("_2.wav")

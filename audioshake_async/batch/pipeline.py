@@ -81,9 +81,10 @@ class Pipeline:
         self.in_flight = anyio.Semaphore(options.max_in_flight)
         self.watcher = Watcher(self)
         self.cwd = os.getcwd()
-        # Sources between admission and their result (at most max_in_flight of them): the same
-        # file listed twice must not be uploaded, billed and written twice at once.
-        self.active: set[str] = set()
+        # Sources between admission and their result (at most max_in_flight of them), with
+        # their display names: the same file listed twice must not be uploaded, billed and
+        # written twice at once, and a stopped batch reports each of them.
+        self.active: dict[str, str] = {}
         lifetime = provider.source_lifetime
         self.asset_max_age = lifetime - min(7200.0, lifetime / 10)
         if options.asset_max_age is not None:
@@ -116,7 +117,6 @@ class Pipeline:
         if item.finished or not item.task_done or item.pending_downloads:
             return
         item.state = ItemState.FINISHED
-        self.active.discard(item.source)
         task = item.task
         if task is not None:
             for target in task.failed_targets:
@@ -137,6 +137,8 @@ class Pipeline:
         await self.results.send(
             BatchResult(item.display, status, task, files, error, item.directory)
         )
+        # Only once reported: an item stopped before that is reported by the engine.
+        self.active.pop(item.source, None)
         self.in_flight.release()
 
     def metadata_for(self, item: Item, token: str) -> str:
@@ -180,7 +182,7 @@ class Pipeline:
             )
             self.in_flight.release()
             return
-        self.active.add(source)
+        self.active[source] = display
         stem = stem_of(source, as_url)
         dirname = await self.journal.claim_dir(source, stem)
         item = Item(
@@ -211,12 +213,12 @@ class Pipeline:
             item.upload_name = record.upload_name
             if record.status == "done" and await self._outputs_present(item):
                 item.state = ItemState.FINISHED
-                self.active.discard(source)
                 item.files = [item.directory / name for name in sorted(item.known_outputs)]
                 self.emit(ItemSkipped(display))
                 await self.results.send(
                     BatchResult(display, "skipped", None, tuple(item.files), None, item.directory)
                 )
+                self.active.pop(source, None)
                 self.in_flight.release()
                 return
             fresh = (

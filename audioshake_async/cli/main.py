@@ -57,6 +57,10 @@ def main(
     except errors.ConfigurationError as exc:
         print(f"audioshake-async: error: {exc}", file=err)
         return EXIT_USAGE
+    except errors.JournalBusyError as exc:
+        # Another run holds the journal: running beside it could bill the same work twice.
+        print(f"audioshake-async: error: {exc}", file=err)
+        return EXIT_USAGE
     except errors.AudioShakeError as exc:
         print(f"audioshake-async: {type(exc).__name__}: {exc}", file=err)
         return EXIT_ITEMS_FAILED

@@ -7,13 +7,17 @@ import contextlib
 import json
 import pathlib
 import sys
+from collections.abc import AsyncIterator
 from typing import Any, TextIO
 
+import anyio.to_thread
 import attrs
 
+from .. import errors
 from ..batch import (
     BatchOptions,
     BatchResult,
+    SqliteJournal,
     expand_inputs,
     run_batch,
 )
@@ -38,6 +42,8 @@ class RunSummary:
     failed: int = 0
     failures: list[tuple[str, str | None]] = attrs.Factory(list)
     records: list[tuple[str, str, str | None, tuple[str, ...], str | None]] = attrs.Factory(list)
+    #: Why the batch stopped before its end (the journal failed), if it did.
+    stopped: str | None = None
 
     def add(self, result: BatchResult, *, error: str | None = None) -> None:
         """Count one finished item; ``error`` overrides the result's own."""
@@ -65,6 +71,8 @@ class RunSummary:
             "api_requests": dict(sorted(requests.items())),
             "results": [],
         }
+        if self.stopped is not None:
+            head = {"stopped": self.stopped, **head}
         text = json.dumps(head, indent=2)
         if not self.records:
             print(text, file=out)
@@ -82,6 +90,23 @@ class RunSummary:
             encoded = json.dumps(record, indent=2).replace("\n", "\n    ")
             out.write(("    " if index == 0 else ",\n    ") + encoded)
         out.write("\n  ]\n}\n")
+
+
+@contextlib.asynccontextmanager
+async def open_journal(path: str | None) -> AsyncIterator[SqliteJournal | None]:
+    """The run's journal (None: the engine keeps a throw-away one), locked for the whole run.
+
+    Opened before the provider: a journal in use by another run is refused (JournalBusyError,
+    exit 2) before any request.
+    """
+    if path is None:
+        yield None
+        return
+    journal = await anyio.to_thread.run_sync(SqliteJournal, path)
+    try:
+        yield journal
+    finally:
+        await anyio.to_thread.run_sync(journal.close)
 
 
 async def run_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -115,6 +140,7 @@ async def run_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int
         unreadable[path] = f"cannot read directory: {exc.strerror or exc}"
 
     async with (
+        open_journal(journal) as store,
         open_provider(args, targets) as opened,
         serve_webhooks(args, opened.webhooks, err) as receiver,
     ):
@@ -132,20 +158,26 @@ async def run_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int
                 inputs,
                 targets=targets,
                 out_dir=out_dir,
-                journal=journal,
+                journal=store,
                 progress=tracker,
                 options=options,
             )
             async with contextlib.aclosing(batch):
-                async for result in batch:
-                    tracker.record(result)
-                    # The engine only sees "not a regular file"; the walk knows why.
-                    reason = unreadable.pop(result.input, None) if not result.ok else None
-                    summary.add(result, error=reason)
+                try:
+                    async for result in batch:
+                        tracker.record(result)
+                        # The engine only sees "not a regular file"; the walk knows why.
+                        reason = unreadable.pop(result.input, None) if not result.ok else None
+                        summary.add(result, error=reason)
+                except errors.JournalError as exc:
+                    # A clean stop (a full disk): every item in flight was reported failed.
+                    summary.stopped = str(exc)
         requests = opened.provider.request_counts()
     # Failures go to stderr in both modes: with --json, stdout stays one JSON document.
     for item, error in summary.failures:
         print(f"FAILED {item}: {error}", file=err)
+    if summary.stopped is not None:
+        print(f"STOPPED: {summary.stopped}; re-run the same command to resume", file=err)
     if args.json:
         summary.write_json(out, requests)
     else:
@@ -154,7 +186,7 @@ async def run_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int
             f"{summary.failed} failed; outputs in {out_dir}",
             file=out,
         )
-    return EXIT_ITEMS_FAILED if summary.failed else EXIT_OK
+    return EXIT_ITEMS_FAILED if summary.failed or summary.stopped else EXIT_OK
 
 
 def migrate_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

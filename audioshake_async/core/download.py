@@ -1,7 +1,9 @@
 """Downloads that never leave a partial file under its final name.
 
-Bytes stream into a hidden ``.<name>.part`` file in the destination directory; the byte count is
-checked against ``Content-Length`` and the file is renamed into place only when complete. A
+Bytes stream into a hidden part file in the destination directory, unique to this writer and
+locked while written (``core.parts``: two processes on one output never share one); the byte
+count is checked against ``Content-Length`` and the file is renamed into place only when
+complete; the first in a directory sweeps the part files of killed writers there. A
 truncated or failed transfer resumes with ``Range`` when the server supports it (else restarts);
 a 403 (signed links expire after an hour) asks the caller for a fresh link. A ``Retry-After``
 on a retryable answer (429, 503...) sets the wait, capped like the API's (``max_retry_after``).
@@ -33,6 +35,7 @@ import attrs
 
 from .. import errors
 from .http import RetryPolicy, is_retryable_status, parse_retry_after, redact_url
+from .parts import open_part, part_path_for, sweep_once
 from .transport import Transport
 
 __all__ = ["DownloadLimits", "DownloadedFile", "fetch_to_file"]
@@ -149,14 +152,11 @@ class _PartFile:
         self.digest = hashlib.sha256() if self.checksum else None
 
 
-def _open_part(path: pathlib.Path) -> IO[bytes]:
-    return open(path, "wb")
-
-
 def _close_and_replace(handle: IO[bytes], part_path: pathlib.Path, final: pathlib.Path) -> None:
     """Close the complete ``.part`` file and rename it into place (one worker-thread hop)."""
     handle.close()
     os.replace(part_path, final)
+    sweep_once(final)
 
 
 async def fetch_to_file(
@@ -173,17 +173,17 @@ async def fetch_to_file(
     """Download ``link`` to ``destination`` atomically, with resume, retries and link refresh."""
     policy = retry or transport.retry
     bounds = limits or DownloadLimits()
-    part_path = destination.with_name(f".{destination.name}.part")
+    part_path = part_path_for(destination)
     # Opened on the loop, not in a thread: a cancellation while a worker thread opened the file
     # would drop the handle unclosed. Creating a local file does not block. The directory is
     # made (in a thread) only when missing: a thread hop costs more than the open itself.
     try:
-        handle = _open_part(part_path)
+        handle = open_part(part_path)
     except FileNotFoundError:
         await anyio.to_thread.run_sync(
             lambda: destination.parent.mkdir(parents=True, exist_ok=True)
         )
-        handle = _open_part(part_path)
+        handle = open_part(part_path)
     part = _PartFile(handle, checksum)
     failures = 0
     refreshes = 0

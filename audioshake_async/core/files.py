@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..models import Output
+from .parts import open_part, part_path_for
 
 _UNSAFE_CHARS = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]+")
 
@@ -83,9 +84,10 @@ def write_json_atomic(path: pathlib.Path, data: Any) -> tuple[int, str]:
     returns the size and SHA-256 of what was written."""
     raw = (json.dumps(data, indent=2, ensure_ascii=False, sort_keys=True) + "\n").encode()
     path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_name(f".{path.name}.part")
+    # A name of its own, as for downloads: two processes writing one file never share it.
+    part = part_path_for(path)
     try:
-        with open(part, "wb") as handle:
+        with open_part(part) as handle:
             handle.write(raw)
         os.replace(part, path)
     except BaseException:
