@@ -145,12 +145,13 @@ async def busy_workers(dsn: str, pids: set[int], count: int) -> list[int]:
 async def test_workers_killed_and_frozen_still_process_every_input_exactly_once(
     pg_dsn: str, make_wavs: MakeWavs, tmp_path: pathlib.Path
 ) -> None:
-    """Five worker processes on 200 inputs, 5% of create answers dropped; one SIGKILLed, one
-    SIGSTOPped past its lease: every input done, one task per input, outputs byte-exact."""
+    """Five worker processes on 200 inputs against an emulator enforcing 60 requests/s, 5% of
+    create answers dropped; one SIGKILLed, one SIGSTOPped past its lease: every input done, one
+    task per input, no 429, outputs byte-exact."""
     make_wavs(200)
     out = tmp_path / "out"
     async with Emulator(
-        delay=0.2, rate_limit=None, seed=7, drop_after_create_rate=0.05
+        delay=0.2, rate_limit=60.0, seed=7, drop_after_create_rate=0.05
     ) as emulator:
         common = ["--journal", pg_dsn, "--batch", "cat"]
         service = ["--api-key", emulator.api_key, "--base-url", emulator.base_url]
@@ -201,6 +202,8 @@ async def test_workers_killed_and_frozen_still_process_every_input_exactly_once(
         ]
         stats = emulator.stats()
         assert stats["faults"]["drop_after_create"] > 0
+        # One budget for every worker: the emulator's 60 requests/s were never exceeded.
+        assert stats["faults"]["rate_limited"] == 0, stats["faults"]
         assert stats["tasks_created"] == 200, stats["tasks_created"]
         assert stats["duplicate_metadata"] == {}
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import attrs
 
 from .. import errors
+from ..core.ratelimit_pg import RATE_BUDGET_DDL
 
 if TYPE_CHECKING:
     import psycopg
@@ -108,6 +109,8 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX IF NOT EXISTS audioshake_tasks_seen_token ON audioshake_tasks_seen (token);
     CREATE INDEX IF NOT EXISTS audioshake_tasks_seen_batch ON audioshake_tasks_seen (batch);
     """,
+    # 3: the shared rate budget (one GCRA row per account, see core.ratelimit_pg).
+    RATE_BUDGET_DDL,
 )
 
 #: The advisory lock key that serializes migrations (any constant shared by all versions).

@@ -26,7 +26,14 @@ from ..batch import BatchOptions, expand_inputs
 from ..batch.cluster import submit, work
 from ..batch.journal_pg import PostgresJournal, is_postgres_dsn
 from ..batch.reconcile import token_of
+from ..core.ratelimit_pg import PostgresRateLimiter
+from ..legacy import DEFAULT_LEGACY_BASE_URL, ENV_LEGACY_BASE_URL, ENV_LEGACY_TOKEN
 from ..models import Target
+from ..musicai import DEFAULT_BASE_URL as MUSICAI_BASE_URL
+from ..musicai import ENV_API_KEY as MUSICAI_API_KEY
+from ..musicai import ENV_BASE_URL as MUSICAI_BASE_URL_ENV
+from ..tasks import ENV_API_KEY, ENV_BASE_URL
+from ..tasks.wire import DEFAULT_BASE_URL
 from .display import ProgressTracker, live_display
 from .parser import (
     EXIT_ITEMS_FAILED,
@@ -38,6 +45,13 @@ from .parser import (
 from .providers import open_provider, tasks_api
 
 __all__ = ["EXIT_LEASE_LOST", "cluster_command", "run_on_postgres"]
+
+#: Where each service's key and base URL come from (the shared budget is keyed by account).
+_ACCOUNT_ENV = {
+    "audioshake": (ENV_API_KEY, ENV_BASE_URL, DEFAULT_BASE_URL),
+    "legacy": (ENV_LEGACY_TOKEN, ENV_LEGACY_BASE_URL, DEFAULT_LEGACY_BASE_URL),
+    "musicai": (MUSICAI_API_KEY, MUSICAI_BASE_URL_ENV, MUSICAI_BASE_URL),
+}
 
 #: A worker stopped because one of its leases was taken over (restart it: it claims afresh).
 EXIT_LEASE_LOST = 3
@@ -133,12 +147,48 @@ async def _work(
         max_in_flight=args.max_in_flight,
         task_timeout=args.timeout,
     )
+    namespace = _service_namespace(args, settings)
+    async with _shared_budget(args, namespace) as limiter:
+        if limiter is not None:
+            namespace.rate_limit = limiter
+        return await _work_with(args, journal, namespace, targets, options, out, err)
+
+
+@contextlib.asynccontextmanager
+async def _shared_budget(
+    args: argparse.Namespace, namespace: argparse.Namespace
+) -> AsyncIterator[PostgresRateLimiter | None]:
+    """The account's one rate budget in the journal's database (unless --local-rate-limit)."""
+    if getattr(args, "local_rate_limit", False) or not args.rate_limit:
+        yield None
+        return
+    key_env, url_env, default_url = _ACCOUNT_ENV[namespace.provider]
+    key = namespace.api_key or os.environ.get(key_env) or ""
+    base_url = namespace.base_url or os.environ.get(url_env) or default_url
+    if not key:
+        yield None  # open_provider explains the missing key next
+        return
+    async with PostgresRateLimiter(
+        args.journal, rate=args.rate_limit, api_key=key, base_url=base_url
+    ) as limiter:
+        yield limiter
+
+
+async def _work_with(
+    args: argparse.Namespace,
+    journal: PostgresJournal,
+    namespace: argparse.Namespace,
+    targets: list[Target],
+    options: BatchOptions,
+    out: TextIO,
+    err: TextIO,
+) -> int:
     tracker = ProgressTracker()
     done = failed = 0
     failures: list[tuple[str, str | None]] = []
     status = EXIT_OK
     async with (
-        open_provider(_service_namespace(args, settings), targets) as opened,
+        open_provider(namespace, targets) as opened,
         live_display(tracker, quiet=args.quiet or args.json, stream=err),
     ):
         try:
@@ -146,7 +196,7 @@ async def _work(
                 work(
                     opened.provider,
                     journal,
-                    out_dir=settings["out"],
+                    out_dir=namespace.out,
                     targets=targets,
                     progress=tracker,
                     options=options,
@@ -173,6 +223,7 @@ async def _work(
             "failed": failed,
             "api_requests": dict(sorted(requests.items())),
             "journal_round_trips": journal.round_trips,
+            "rate_budget_round_trips": getattr(namespace.rate_limit, "round_trips", 0),
         }
         print(json.dumps(summary, indent=2), file=out)
     else:

@@ -221,7 +221,11 @@ def _service_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", help="API key (default: the service's environment variable)")
     parser.add_argument("--base-url", help="API base URL (default: the service's)")
     parser.add_argument(
-        "--rate-limit", type=float, default=60.0, metavar="R", help="requests/s at most"
+        "--rate-limit",
+        type=float,
+        default=60.0,
+        metavar="R",
+        help="API requests/s at most, for all the workers of the account together (60)",
     )
 
 
@@ -265,6 +269,12 @@ def add_cluster_commands(commands: Any) -> None:
         "lease left, plus a margin",
     )
     worker.add_argument("--timeout", type=float, metavar="S", help="give up on a task after S")
+    worker.add_argument(
+        "--local-rate-limit",
+        action="store_true",
+        help="enforce --rate-limit in this process only (default: one budget shared by every "
+        "worker of the account, kept in the journal's database)",
+    )
     worker.add_argument("--json", action="store_true", help="print one JSON summary at the end")
     worker.add_argument("--quiet", action="store_true", help="no progress display")
 
