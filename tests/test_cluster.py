@@ -349,3 +349,39 @@ async def test_run_with_a_postgres_journal_is_submit_and_work_in_one_process(
         assert b"0 new input(s)" in stderr
         assert emulator.stats()["tasks_created"] == 6
         assert len(list((tmp_path / "out").glob("*/vocals.wav"))) == 6
+
+
+async def test_audit_lists_tasks_sharing_a_client_token(
+    pg_dsn: str, make_wavs: MakeWavs, tmp_path: pathlib.Path
+) -> None:
+    from audioshake_async import AudioShake, Target
+
+    (wav,) = make_wavs(1)
+    async with Emulator(delay=0.0, rate_limit=None, seed=6) as emulator:
+        await submit_inputs(emulator, pg_dsn, tmp_path / "in", tmp_path / "out")
+        argv = cli(
+            "audit",
+            "--journal",
+            pg_dsn,
+            "--batch",
+            "cat",
+            "--api-key",
+            emulator.api_key,
+            "--base-url",
+            emulator.base_url,
+        )
+        clean = await asyncio.create_subprocess_exec(*argv, stdout=subprocess.PIPE)
+        stdout, _ = await clean.communicate()
+        assert clean.returncode == 0, stdout
+        async with AudioShake(emulator.api_key, emulator.base_url) as client:
+            asset = await client.assets.upload(wav)
+            for _ in range(2):  # what a server acting on an abandoned request would leave
+                await client.tasks.create(
+                    asset_id=asset.id,
+                    targets=[Target("vocals", ["wav"])],
+                    metadata='{"client_token":"t-dup"}',
+                )
+        found = await asyncio.create_subprocess_exec(*argv, stdout=subprocess.PIPE)
+        stdout, _ = await found.communicate()
+        assert found.returncode == 1
+        assert b"token t-dup: 2 tasks" in stdout
