@@ -19,10 +19,13 @@ starts its own PostgreSQL (``tests/_postgres.py``) and emulator.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -73,6 +76,16 @@ def run_once(
     before = emulator.stats()
     extra = ["--local-rate-limit"] if mode == "local" else []
     started = time.perf_counter()
+    samples: list[tuple[float, int]] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        # The emulator's own count once a second: the steady rate and the busiest second.
+        while not stop.wait(1.0):
+            samples.append((time.perf_counter(), _api_requests(emulator.stats())))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     processes = [
         subprocess.Popen(
             _cli("worker", *common, *service, "--quiet", "--json", *extra),
@@ -90,7 +103,12 @@ def run_once(
             raise RuntimeError(f"worker exited {process.returncode}: {stderr[-3000:]}")
         summaries.append(json.loads(stdout))
     wall = time.perf_counter() - started
+    stop.set()
+    sampler.join()
     after = emulator.stats()
+    rates = [(n1 - n0) / (t1 - t0) for (t0, n0), (t1, n1) in itertools.pairwise(samples)]
+    # The middle of the run: workers started, the last tasks not yet draining.
+    middle = rates[len(rates) // 5 : max(len(rates) // 5 + 1, len(rates) * 4 // 5)]
     items = sum(s["done"] for s in summaries)
     requests = _api_requests(after) - _api_requests(before)
     rejected = after["faults"]["rate_limited"] - before["faults"]["rate_limited"]
@@ -102,6 +120,8 @@ def run_once(
         "wall": wall,
         "items_per_s": items / wall,
         "requests_per_s": requests / wall,
+        "steady_per_s": statistics.median(middle) if middle else float("nan"),
+        "busiest_s": max(rates) if rates else float("nan"),
         "requests_per_item": requests / max(1, items),
         "r429": rejected,
         "pg_per_item": round_trips / max(1, items),
@@ -131,7 +151,7 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def render(rows: list[dict[str, Any]], info: dict[str, str], argv: list[str], end: str) -> str:
     shared = [r for r in rows if r["mode"] == "shared"]
-    share_ok = all(r["requests_per_s"] >= 0.95 * RATE for r in shared if r["workers"] > 1)
+    share_ok = all(r["steady_per_s"] >= 0.95 * RATE for r in shared if r["workers"] > 1)
     zero_ok = all(r["r429"] == 0 for r in shared)
     once_ok = all(r["tasks_created"] == r["items"] for r in rows)
     lines = [
@@ -145,26 +165,30 @@ def render(rows: list[dict[str, Any]], info: dict[str, str], argv: list[str], en
         f"{argv_delay(argv)} s. `shared`: the default (one rate budget in PostgreSQL, one "
         "listing reader); `local`: `--local-rate-limit` (each worker its own 60/s).",
         "",
-        "| workers | limiter | wall s | items/s | API requests/s | share of 60 | 429s "
-        "| API requests per item | PostgreSQL round trips per item | tasks created |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| workers | limiter | wall s | items/s | API requests/s, whole run | steady "
+        "requests/s (share of 60) | busiest second | 429s | API requests per item "
+        "| PostgreSQL round trips per item | tasks created |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['workers']} | {r['mode']} | {r['wall']:.1f} | {r['items_per_s']:.2f} "
-            f"| {r['requests_per_s']:.1f} | {r['requests_per_s'] / RATE:.0%} | {r['r429']} "
+            f"| {r['requests_per_s']:.1f} | {r['steady_per_s']:.1f} "
+            f"({r['steady_per_s'] / RATE:.0%}) | {r['busiest_s']:.0f} | {r['r429']} "
             f"| {r['requests_per_item']:.2f} | {r['pg_per_item']:.1f} | {r['tasks_created']} |"
         )
     verdict = {True: "met", False: "MISSED"}
     lines += [
         "",
-        f"Targets (shared): zero 429s {verdict[zero_ok]}; at least 95% of 60 requests/s with "
-        f"several workers {verdict[share_ok]}; one task per input in every run "
+        f"Targets (shared): zero 429s {verdict[zero_ok]}; a steady rate of at least 95% of 60 "
+        f"requests/s with several workers {verdict[share_ok]}; one task per input in every run "
         f"{verdict[once_ok]}.",
         "",
-        "Reading: API requests/s is the emulator's count over the whole run (start-up and the "
-        "tail, where the last tasks finish and fewer requests are due, included), so it sits "
-        "below the steady rate. One worker is bounded by its own pipeline, not by the budget. "
+        "Reading: the whole-run rate includes the workers' start-up and the tail (the last "
+        "tasks finishing, fewer requests due); the steady rate is the median of the emulator's "
+        "per-second counts over the middle 60% of the run, the busiest second their maximum "
+        "(sampled once a second, so a window straddling two samples can hide a little). One "
+        "worker is bounded by its own pipeline, not by the budget. "
         "With `local` limiters, N workers offer N x 60/s: the emulator answers the excess with "
         "429s, which the client then waits out (Retry-After). PostgreSQL round trips per item "
         "count the journal (claim, writes, heartbeats) and the rate budget's reservations.",
