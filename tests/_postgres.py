@@ -58,16 +58,29 @@ def _run_as() -> str | None:
 
 
 def _make_readable(binaries: pathlib.Path, user: str | None) -> None:
-    """An unprivileged server must be able to execute a wheel's binaries (under /root)."""
+    """An unprivileged server must be able to run a wheel's binaries (installed under /root,
+    often without read or execute bits for others): open up the install for reading."""
     if user is None:
         return
-    for directory in (binaries, binaries.parent / "lib", binaries.parent / "share"):
-        probe = directory
-        while probe != probe.parent:
-            mode = probe.stat().st_mode
-            if not mode & stat.S_IXOTH:
-                probe.chmod(mode | stat.S_IXOTH)
-            probe = probe.parent
+    install = binaries.parent
+    probe = install
+    while probe != probe.parent:
+        mode = probe.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            probe.chmod(mode | stat.S_IXOTH)
+        probe = probe.parent
+    for directory in (binaries, install / "lib", install / "share"):
+        if not directory.exists():
+            continue
+        for path in [directory, *directory.rglob("*")]:
+            if path.is_symlink():
+                continue
+            mode = path.stat().st_mode
+            wanted = mode | stat.S_IROTH
+            if path.is_dir() or mode & stat.S_IXUSR:
+                wanted |= stat.S_IXOTH
+            if wanted != mode:
+                path.chmod(wanted)
 
 
 class PostgresServer:
@@ -80,6 +93,16 @@ class PostgresServer:
         self.data = self.root / "data"
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
+
+    def _identity(self) -> dict[str, object]:
+        """Run as the unprivileged account with its own group only: with root's group kept,
+        a directory like /root (drwx-----x) would be closed to it by its group bits."""
+        if self.user is None:
+            return {}
+        import pwd
+
+        entry = pwd.getpwnam(self.user)
+        return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
     def _chown(self, path: pathlib.Path) -> None:
         if self.user is not None:
@@ -108,7 +131,7 @@ class PostgresServer:
             check=True,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            user=self.user,
+            **self._identity(),
         )
         for _ in range(5):
             self.port = _free_port()
@@ -134,7 +157,7 @@ class PostgresServer:
                 ],
                 stdout=log,
                 stderr=log,
-                user=self.user,
+                **self._identity(),
             )
             log.close()
             if self._wait_ready():
