@@ -1,7 +1,8 @@
-"""Downloads that never leave a partial file under its final name.
+"""Downloads that never leave a partial output under its final name.
 
-Bytes stream into a hidden ``.<name>.part`` file in the destination directory; the byte count is
-checked against ``Content-Length`` and the file is renamed into place only when complete. A
+Bytes stream into an :class:`~audioshake_async.core.sink.OutputWriter` (a hidden ``.<name>.part``
+file renamed into place, or a multipart upload); the byte count is checked against
+``Content-Length`` and the writer commits only when complete, or is aborted. A
 truncated or failed transfer resumes with ``Range`` when the server supports it (else restarts);
 a 403 (signed links expire after an hour) asks the caller for a fresh link. A ``Retry-After``
 on a retryable answer (429, 503...) sets the wait, capped like the API's (``max_retry_after``).
@@ -10,26 +11,22 @@ on a retryable answer (429, 503...) sets the wait, capped like the API's (``max_
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
-import hashlib
 import logging
-import os
 import pathlib
 import random
 import re
 from collections.abc import Awaitable, Callable
-from typing import IO, Any
 
 import anyio
-import anyio.to_thread
 import attrs
 
 from .. import errors
 from .http import RetryPolicy, is_retryable_status, parse_retry_after, redact_url
+from .sink import DiskWriter, OutputWriter, StoredOutput
 from .transport import Transport
 
-__all__ = ["DownloadedFile", "fetch_to_file"]
+__all__ = ["DownloadedFile", "fetch_to", "fetch_to_file"]
 
 logger = logging.getLogger("audioshake_async")
 
@@ -62,43 +59,18 @@ class _Truncated(Exception):
 
 
 @attrs.define
-class _PartFile:
-    """The hidden file being written, and what is known about the transfer so far."""
+class _Transfer:
+    """What is known about one output's transfer so far; the bytes go to ``writer``."""
 
-    handle: IO[bytes]
-    checksum: bool
+    writer: OutputWriter
     written: int = 0
     accepts_ranges: bool = False
     etag: str | None = None
-    digest: Any = None
 
-    def __attrs_post_init__(self) -> None:
-        self.digest = hashlib.sha256() if self.checksum else None
-
-    def write(self, chunks: list[bytes]) -> None:
-        """Append (runs in a worker thread)."""
-        # The network chunks are written as they are: joining them first would copy every byte.
-        self.handle.writelines(chunks)
-        if self.digest is not None:
-            for chunk in chunks:
-                self.digest.update(chunk)
-
-    def restart(self) -> None:
-        """Drop what was written (runs in a worker thread)."""
-        self.handle.seek(0)
-        self.handle.truncate()
+    async def restart(self) -> None:
+        """Drop what was written: the next bytes start the body again."""
+        await self.writer.restart()
         self.written = 0
-        self.digest = hashlib.sha256() if self.checksum else None
-
-
-def _open_part(path: pathlib.Path) -> IO[bytes]:
-    return open(path, "wb")
-
-
-def _close_and_replace(handle: IO[bytes], part_path: pathlib.Path, final: pathlib.Path) -> None:
-    """Close the complete ``.part`` file and rename it into place (one worker-thread hop)."""
-    handle.close()
-    os.replace(part_path, final)
 
 
 async def fetch_to_file(
@@ -112,23 +84,30 @@ async def fetch_to_file(
     progress: DownloadProgress | None = None,
 ) -> DownloadedFile:
     """Download ``link`` to ``destination`` atomically, with resume, retries and link refresh."""
+    writer = await DiskWriter.open(destination, checksum=checksum)
+    stored = await fetch_to(
+        transport, link, writer, refresh=refresh, retry=retry, progress=progress
+    )
+    return DownloadedFile(destination, stored.size, stored.sha256)
+
+
+async def fetch_to(
+    transport: Transport,
+    link: str,
+    writer: OutputWriter,
+    *,
+    refresh: LinkRefresher | None = None,
+    retry: RetryPolicy | None = None,
+    progress: DownloadProgress | None = None,
+) -> StoredOutput:
+    """Stream ``link`` into ``writer`` (any :class:`OutputWriter`: a file, a multipart upload)
+    and commit it; on any failure the writer is aborted, so nothing appears under its name."""
     policy = retry or transport.retry
-    part_path = destination.with_name(f".{destination.name}.part")
-    # Opened on the loop, not in a thread: a cancellation while a worker thread opened the file
-    # would drop the handle unclosed. Creating a local file does not block. The directory is
-    # made (in a thread) only when missing: a thread hop costs more than the open itself.
-    try:
-        handle = _open_part(part_path)
-    except FileNotFoundError:
-        await anyio.to_thread.run_sync(
-            lambda: destination.parent.mkdir(parents=True, exist_ok=True)
-        )
-        handle = _open_part(part_path)
-    part = _PartFile(handle, checksum)
+    name = writer.location.rstrip("/").rsplit("/", 1)[-1]
+    part = _Transfer(writer)
     failures = 0
     refreshes = 0
     current = link
-    completed = False
     try:
         while True:
             retry_after: float | None = None
@@ -138,66 +117,45 @@ async def fetch_to_file(
                 status, reason = 0, str(exc) or type(exc).__name__
             else:
                 if status in (200, 206):
-                    completed = True
                     break
                 reason = f"HTTP {status}"
             if status in (401, 403) and refresh is not None:
                 if refreshes >= MAX_LINK_REFRESHES:
                     raise errors.DownloadError(
-                        f"{destination.name}: link still refused after {refreshes} refreshes"
+                        f"{name}: link still refused after {refreshes} refreshes"
                     )
                 refreshes += 1
-                logger.info(
-                    "download link for %s refused (%s); fetching a fresh one",
-                    destination.name,
-                    reason,
-                )
+                logger.info("download link for %s refused (%s); fetching a fresh one", name, reason)
                 current = await refresh()
                 continue
             if status and not is_retryable_status(status):
-                raise errors.DownloadError(
-                    f"{destination.name}: {redact_url(current)} answered {reason}"
-                )
+                raise errors.DownloadError(f"{name}: {redact_url(current)} answered {reason}")
             if retry_after is not None and retry_after > policy.max_retry_after:
                 # As for API calls: a wait that long is an outage, not a blip; do not stall.
                 raise errors.DownloadError(
-                    f"{destination.name}: {redact_url(current)} answered {reason} with "
+                    f"{name}: {redact_url(current)} answered {reason} with "
                     f"Retry-After {retry_after:g} s, over the {policy.max_retry_after:g} s limit"
                 )
             failures += 1
             if failures > policy.max_retries:
-                raise errors.DownloadError(
-                    f"{destination.name}: gave up after {failures} attempts ({reason})"
-                )
+                raise errors.DownloadError(f"{name}: gave up after {failures} attempts ({reason})")
             if part.written and not part.accepts_ranges:
-                await anyio.to_thread.run_sync(part.restart)
+                await part.restart()
             delay = policy.delay(failures, random.random(), retry_after)
-            logger.info(
-                "retrying download of %s after %s in %.2f s", destination.name, reason, delay
-            )
+            logger.info("retrying download of %s after %s in %.2f s", name, reason, delay)
             await anyio.sleep(delay)
-    finally:
-        if not completed:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(part.handle.close)
-                with contextlib.suppress(OSError):
-                    await anyio.to_thread.run_sync(part_path.unlink)
-    with anyio.CancelScope(shield=True):
-        try:
-            await anyio.to_thread.run_sync(_close_and_replace, part.handle, part_path, destination)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                part.handle.close()  # a no-op: closed even when the close raised
-                await anyio.to_thread.run_sync(part_path.unlink)
-            raise
-    sha256 = part.digest.hexdigest() if part.digest is not None else None
-    return DownloadedFile(destination, part.written, sha256)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await writer.abort()
+        raise
+    # commit() aborts by itself when it fails.
+    return await writer.commit()
 
 
 async def _attempt(
     transport: Transport,
     url: str,
-    part: _PartFile,
+    part: _Transfer,
     progress: DownloadProgress | None,
 ) -> tuple[int, float | None]:
     """One GET (following redirects) appended to ``part``: the final status and Retry-After.
@@ -227,13 +185,13 @@ async def _attempt(
                 match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
                 if not match or int(match.group(1)) != part.written:
                     # Not the piece asked for: start again from zero, without Range.
-                    await anyio.to_thread.run_sync(part.restart)
+                    await part.restart()
                     part.accepts_ranges = False
                     raise _Truncated("server sent an unexpected byte range")
                 total = int(match.group(3)) if match.group(3) != "*" else None
             else:
                 if part.written:
-                    await anyio.to_thread.run_sync(part.restart)
+                    await part.restart()
                 length = response.headers.get("Content-Length")
                 total = int(length) if length and length.isdigit() else None
             # Chunks are batched in a list, not a bytearray: growing and emptying a 1 MiB
@@ -273,13 +231,13 @@ class _Batch:
 
 
 class _Writer:
-    """Writes batches in a worker thread, one at a time, while the caller reads the next one.
+    """Hands batches to the writer, one at a time, while the caller reads the next one.
 
-    ``part.written`` and the progress callback count a batch as soon as it is on disk.
+    ``part.written`` and the progress callback count a batch as soon as the writer has it.
     """
 
     def __init__(
-        self, part: _PartFile, total: int | None, progress: DownloadProgress | None
+        self, part: _Transfer, total: int | None, progress: DownloadProgress | None
     ) -> None:
         self._part = part
         self._total = total
@@ -291,7 +249,7 @@ class _Writer:
         await self.finish()
         chunks, size = batch.chunks, batch.size
         batch.chunks, batch.size = [], 0
-        pending = asyncio.get_running_loop().run_in_executor(None, self._part.write, chunks)
+        pending = asyncio.ensure_future(self._part.writer.write(chunks))
         pending.add_done_callback(lambda done: self._written(done, size))
         self._pending = pending
 
