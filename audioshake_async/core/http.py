@@ -11,6 +11,7 @@ import datetime as dt
 import email.utils
 import json
 import math
+import re
 from collections.abc import Mapping
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -160,6 +161,14 @@ def redact_url(url: str) -> str:
     if parts.port:
         netloc = f"{netloc}:{parts.port}"
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+_URL_IN_TEXT = re.compile(r"https?://[^\s'\"<>]+")
+
+
+def redact_urls(text: str) -> str:
+    """``text`` with every http(s) URL in it redacted (:func:`redact_url`)."""
+    return _URL_IN_TEXT.sub(lambda match: redact_url(match.group(0)), text)
 
 
 def origin(url: str) -> tuple[str, str, int]:

@@ -20,8 +20,9 @@ import anyio
 
 from .. import errors
 from ..models import Output
-from .download import DownloadedFile, DownloadProgress, fetch_to_file
+from .download import DownloadedFile, DownloadProgress, fetch_to, fetch_to_file
 from .http import DEFAULT_RATE_LIMIT, PollPolicy, RetryPolicy
+from .sink import OutputWriter, StoredOutput
 from .transport import Timeouts, Transport
 
 __all__ = [
@@ -134,6 +135,17 @@ class ServiceClient:
             checksum=checksum,
             progress=progress,
         )
+
+    async def _stream_link(
+        self,
+        link: str,
+        writer: OutputWriter,
+        refresh: Callable[[], Awaitable[str]],
+        *,
+        progress: DownloadProgress | None,
+    ) -> StoredOutput:
+        """Stream ``link`` into ``writer`` and commit it; ``refresh`` renews a refused link."""
+        return await fetch_to(self._transport, link, writer, refresh=refresh, progress=progress)
 
 
 async def poll_until(
