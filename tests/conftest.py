@@ -78,3 +78,7 @@ async def client(emulator: Emulator) -> AsyncIterator[AudioShake]:
     """A client on the emulator with fast retries and polls."""
     async with fast_client(emulator) as shared:
         yield shared
+
+
+# The S3-compatible server (moto's) for the s3:// tests; see tests/_s3.py.
+from ._s3 import s3, s3_server  # noqa: E402, F401

@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
         "inputs",
         nargs="+",
         metavar="INPUT",
-        help="audio file, directory (recursive), https:// URL, or - for paths on stdin",
+        help="audio file, directory (recursive), https:// URL, s3://bucket/key, "
+        "s3://bucket/prefix/ (every input under it), or - for paths on stdin",
     )
     run.add_argument(
         "-m",
@@ -73,7 +74,25 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FMT",
         help="output format (repeatable; default wav)",
     )
-    run.add_argument("-o", "--out", required=True, metavar="DIR", help="output directory")
+    run.add_argument(
+        "-o",
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output directory, or s3://bucket/prefix (needs --journal)",
+    )
+    run.add_argument(
+        "--s3-endpoint",
+        metavar="URL",
+        help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL or AWS); credentials from "
+        "the standard AWS environment variables",
+    )
+    run.add_argument(
+        "--s3-url-lifetime",
+        type=float,
+        metavar="S",
+        help="seconds a presigned s3:// input URL stays valid (default 43200: 12 h)",
+    )
     run.add_argument(
         "--provider",
         choices=PROVIDERS,

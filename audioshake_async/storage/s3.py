@@ -148,9 +148,9 @@ def _mapped(exc: BaseException, what: str) -> errors.AudioShakeError:
     """An obstore error as one of this package's (its text names the key, never a secret)."""
     module = _obstore()
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if isinstance(exc, module.exceptions.NotFoundError):
+    if isinstance(exc, (module.exceptions.NotFoundError, FileNotFoundError)):
         return errors.StorageNotFoundError(f"{what}: no such object")
-    if isinstance(exc, module.exceptions.PermissionDeniedError):
+    if isinstance(exc, (module.exceptions.PermissionDeniedError, PermissionError)):
         return errors.StorageError(f"{what}: access denied ({text})")
     if isinstance(exc, module.exceptions.UnauthenticatedError):
         return errors.StorageError(f"{what}: the S3 credentials were refused ({text})")
@@ -257,10 +257,13 @@ _Feed = Sequence[bytes] | BaseException | None
 class S3Writer:
     """Streams one output into a multipart upload; it appears under its key only on commit.
 
-    ``obstore.put_async`` pulls the body from an async iterator fed through a one-slot queue,
-    so at most one batch waits here and obstore holds at most ``parts_in_flight + 1`` parts.
-    A failure is fed into the iterator instead of cancelling the put: obstore then aborts the
-    multipart upload, so no incomplete upload is left behind (a cancelled put could not).
+    The first part is held back: an output that ends within it is written by one plain PUT
+    (atomic, and nothing to clean up if the process dies). A longer one becomes a multipart
+    upload: ``obstore.put_async`` pulls the body from an async iterator fed through a one-slot
+    queue, so at most one batch waits here and obstore holds at most ``parts_in_flight + 1``
+    parts. A failure is fed into the iterator instead of cancelling the put: obstore then
+    aborts the multipart upload, so no incomplete upload is left behind (a cancelled put could
+    not; a killed process cannot either: a bucket lifecycle rule cleans those up).
     """
 
     def __init__(self, stores: S3Stores, uri: S3Uri, *, checksum: bool) -> None:
@@ -271,6 +274,9 @@ class S3Writer:
         self._size = 0
         self._queue: asyncio.Queue[_Feed] = asyncio.Queue(maxsize=1)
         self._put: asyncio.Future[Any] | None = None
+        #: The first part, until it is full (then the multipart upload starts with it).
+        self._held: list[bytes] = []
+        self._held_size = 0
 
     @property
     def location(self) -> str:
@@ -335,11 +341,18 @@ class S3Writer:
         batch = list(chunks)
         if self._digest is not None:
             await anyio.to_thread.run_sync(self._hash, batch)
-        self._size += sum(len(c) for c in batch)
+        size = sum(len(c) for c in batch)
+        self._size += size
+        if self._put is None:
+            self._held.extend(batch)
+            self._held_size += size
+            if self._held_size < self._stores.settings.part_size:
+                return
+            batch, self._held, self._held_size = self._held, [], 0
         await self._feed(batch)
 
     async def restart(self) -> None:
-        """Abort the upload; the next write starts a new one."""
+        """Abort the upload (or drop the first part); the next write starts a new one."""
         await self.abort()
         self._size = 0
         self._digest = hashlib.sha256() if self._checksum else None
@@ -349,12 +362,17 @@ class S3Writer:
         with anyio.CancelScope(shield=True):
             try:
                 if self._put is None:
-                    await _obstore().put_async(
-                        self._stores.store(self._uri.bucket),
-                        self._uri.key,
-                        b"",
-                        attributes=self._attributes(),
-                    )
+                    body, self._held, self._held_size = b"".join(self._held), [], 0
+                    try:
+                        await _obstore().put_async(
+                            self._stores.store(self._uri.bucket),
+                            self._uri.key,
+                            body,
+                            attributes=self._attributes(),
+                            use_multipart=False,
+                        )
+                    except Exception as exc:
+                        raise _mapped(exc, self.location) from None
                 else:
                     await self._feed(None)
                     put, self._put = self._put, None
@@ -370,6 +388,7 @@ class S3Writer:
 
     async def abort(self) -> None:
         """Make obstore abort the multipart upload, and wait until it has."""
+        self._held, self._held_size = [], 0
         put, self._put = self._put, None
         if put is None:
             return
