@@ -6,7 +6,9 @@
    1000 tasks in flight, the naive ``requests`` peer, scaling 1k/10k/100k (+ ``results.png``);
 4. ``bench_musicai.py`` (the Music.AI engineer's, run when present; ``--reps 3`` in full mode):
    vs the official SDK; its ``--json`` figures go to the summary and under the peers table,
-   its section of RESULTS.md stays its owner's.
+   its section of RESULTS.md stays its owner's;
+5. ``bench_s3.py``: requests per item and items/s for file vs s3:// inputs at 60 req/s, one
+   large output CDN -> S3 vs disk (writes its own section in full mode).
 
 Full mode writes ``benchmarks/RESULTS.md`` (the summary at the top, then each benchmark
 replaces only its own sections; ``bench_transfer.py --write`` refreshes its own) and
@@ -52,7 +54,7 @@ from _common import (
     write_section,
 )
 
-ALL = ("overhead", "transfer", "batch", "musicai")
+ALL = ("overhead", "transfer", "batch", "musicai", "s3")
 
 
 def run_script(name: str, argv: list[str]) -> tuple[int, str]:
@@ -346,6 +348,18 @@ def main(argv: list[str] | None = None) -> int:
         else:
             progress("bench_musicai.py not present: skipped")
 
+    if "s3" in only:
+        progress("=== catalogs in object storage (bench_s3.py)")
+        extra = ["--write"] if write and not args.quick else []
+        if args.smoke:
+            extra = ["--items", "6", "--size-mib", "16"]
+        code, stdout = run_script("bench_s3.py", mode + extra)
+        if code == 0:
+            if args.quick:
+                texts["s3"] = stdout.strip() + "\n"
+        else:
+            results["failed"].append("bench_s3.py")
+
     if "batch" in results:
         # After bench_musicai: the peers section points to its ratio (a different workload).
         texts.update(
@@ -355,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     minutes = (time.perf_counter() - started) / 60
     texts["summary"] = summary(results, info, argv, loadavg(), minutes)
-    order = ["summary", "overhead", "transfer", "batch", "peers", "scaling", "musicai"]
+    order = ["summary", "overhead", "transfer", "batch", "peers", "scaling", "musicai", "s3"]
     for name in order:
         if name in texts:
             print(texts[name])
