@@ -342,15 +342,16 @@ class Pipeline:
         item.token = token
         if item.intent_at is None:
             item.intent_at = time.time()
+        url = item.source if item.is_url else None
+        if item.s3:
+            # Signed just before the POST (a signing failure costs no journal write and no
+            # request); never journaled or logged: it is a credential.
+            url = await self.stores.presign(item.source)
         await item.journal.record_intent(token)
         metadata = self.metadata_for(item, token)
         last_error: BaseException | None = None
         for attempt in range(1, self.options.create_attempts + 1):
             try:
-                url = item.source if item.is_url else None
-                if item.s3:
-                    # Signed just before each POST: a fresh lifetime, never journaled or logged.
-                    url = await self.stores.presign(item.source)
                 task = await self.provider.create(
                     source=None if item.is_url else item.asset_id,
                     url=url,
