@@ -184,3 +184,10 @@ def test_the_core_never_imports_the_s3_library() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+async def test_the_cli_expansion_passes_s3_locations_through_once() -> None:
+    from audioshake_async.batch import expand_inputs
+
+    got = [p async for p in expand_inputs(["s3://b/k.wav", "s3://b/p/", "s3://b/k.wav"])]
+    assert got == ["s3://b/k.wav", "s3://b/p/"]

@@ -127,8 +127,10 @@ class S3Settings:
     region: str | None = None
     #: Seconds a presigned input URL stays valid (see :data:`DEFAULT_URL_LIFETIME`).
     url_lifetime: float = DEFAULT_URL_LIFETIME
-    #: Multipart part size: the memory one transfer holds is about (parts in flight + 1) parts.
-    part_size: int = 8 * MiB
+    #: Multipart part size: the memory one transfer holds is about (parts in flight + 1) parts
+    #: plus two read batches (~25 MiB by default). 5 MiB (the S3 minimum) allows outputs of up
+    #: to ~48 GiB (10,000 parts); raise it for larger ones.
+    part_size: int = 5 * MiB
     parts_in_flight: int = 2
 
     def __attrs_post_init__(self) -> None:
