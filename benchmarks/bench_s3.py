@@ -345,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
             args.inputs_list = pathlib.Path(args.inputs).read_text().split()
         run = child_batch if args.what == "batch" else child_transfer
         print(json.dumps(asyncio.run(run(args))), flush=True)
+        from audioshake_async.cli.main import exit_process
+
+        exit_process(0)  # as the CLI does: obstore 0.12 can abort at interpreter exit
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="60 items, 64 MiB, 1 repetition")

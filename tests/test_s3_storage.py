@@ -191,3 +191,35 @@ async def test_the_cli_expansion_passes_s3_locations_through_once() -> None:
 
     got = [p async for p in expand_inputs(["s3://b/k.wav", "s3://b/p/", "s3://b/k.wav"])]
     assert got == ["s3://b/k.wav", "s3://b/p/"]
+
+
+EXIT_CHILD = """
+import asyncio, sys
+from audioshake_async.cli.main import exit_process
+from audioshake_async.storage.s3 import S3Settings, S3Stores, S3Uri, S3Writer
+async def main():
+    writer = S3Writer(S3Stores(S3Settings(endpoint=sys.argv[1])), S3Uri(sys.argv[2], sys.argv[3]),
+                      checksum=True)
+    for _ in range(3):
+        await writer.write([b"z" * (4 << 20)])
+    await writer.commit()
+    print("committed", flush=True)
+asyncio.run(main())
+exit_process(int(sys.argv[4]))
+"""
+
+
+def test_the_cli_exit_after_a_multipart_upload_reports_its_own_status(s3: S3Server) -> None:
+    """obstore 0.12 sometimes aborts the interpreter while it finalizes after multipart uploads
+    (SIGABRT, status 134): the CLI's exit skips finalization once obstore is loaded. Several
+    runs, each status as asked (0 and 1), the output committed every time."""
+    bucket = s3.bucket()
+    for run in range(6):
+        done = subprocess.run(
+            [sys.executable, "-c", EXIT_CHILD, s3.endpoint, bucket, f"k{run}.wav", str(run % 2)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert (done.returncode, done.stdout) == (run % 2, "committed\n"), done.stderr[-2000:]
+    assert len(s3.keys(bucket)) == 6 and s3.incomplete_uploads(bucket) == []
