@@ -274,7 +274,7 @@ class S3Writer:
         self._checksum = checksum
         self._digest: Any = hashlib.sha256() if checksum else None
         self._size = 0
-        self._queue: asyncio.Queue[_Feed] = asyncio.Queue(maxsize=1)
+        self._queue: asyncio.Queue[tuple[_Feed, asyncio.Future[None]]] = asyncio.Queue(1)
         self._put: asyncio.Future[Any] | None = None
         self._stream: AsyncGenerator[bytes, None] | None = None
         #: The first part, until it is full (then the multipart upload starts with it).
@@ -292,18 +292,22 @@ class S3Writer:
 
     async def _body(self) -> AsyncGenerator[bytes, None]:
         while True:
-            feed = await self._queue.get()
+            feed, taken = await self._queue.get()
+            if not taken.done():
+                taken.set_result(None)
             if feed is None:
                 return
             if isinstance(feed, BaseException):
                 raise feed
-            # One buffer per batch: each step of this iterator is a hop between obstore's
-            # runtime and the event loop, dearer than copying a few MiB once.
-            yield feed[0] if len(feed) == 1 else b"".join(feed)
+            # Chunk by chunk, not joined: a joined copy of each batch costs more memory than
+            # the extra hops into obstore cost time.
+            for chunk in feed:
+                yield chunk
+            del feed
 
     def _start(self) -> asyncio.Future[Any]:
         settings = self._stores.settings
-        self._queue = asyncio.Queue(maxsize=1)
+        self._queue = asyncio.Queue(1)
         self._stream = self._body()
         self._put = asyncio.ensure_future(
             _obstore().put_async(
@@ -323,7 +327,11 @@ class S3Writer:
             sending: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             sending.cancel()
         else:
-            sending = asyncio.ensure_future(self._queue.put(feed))
+            # Done once the stream has taken the batch (not merely queued it): one batch
+            # waits here at most, so a transfer holds no more than it must.
+            # (Writes come one at a time, each waiting for this: the slot is free.)
+            sending = asyncio.get_running_loop().create_future()
+            self._queue.put_nowait((feed, sending))
         try:
             await asyncio.wait({sending, put}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -404,7 +412,9 @@ class S3Writer:
                 # The slot may hold a batch nobody will take: replace it with the abort.
                 with contextlib.suppress(asyncio.QueueEmpty):
                     self._queue.get_nowait()
-                self._queue.put_nowait(_Abort("aborted"))
+                self._queue.put_nowait(
+                    (_Abort("aborted"), asyncio.get_running_loop().create_future())
+                )
             with contextlib.suppress(Exception):
                 await put
             await self._close_stream()
