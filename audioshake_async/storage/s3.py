@@ -299,11 +299,20 @@ class S3Writer:
                 return
             if isinstance(feed, BaseException):
                 raise feed
-            # Chunk by chunk, not joined: a joined copy of each batch costs more memory than
-            # the extra hops into obstore cost time.
+            # In pieces of about 1 MiB: each step is a hop between obstore's runtime and the
+            # event loop (network chunks one by one cost ~25% of the throughput), while a
+            # joined copy of a whole batch costs 4 MiB more memory per transfer.
+            piece: list[bytes] = []
+            size = 0
             for chunk in feed:
-                yield chunk
-            del feed
+                piece.append(chunk)
+                size += len(chunk)
+                if size >= MiB:
+                    yield piece[0] if len(piece) == 1 else b"".join(piece)
+                    piece, size = [], 0
+            if piece:
+                yield piece[0] if len(piece) == 1 else b"".join(piece)
+            del feed, piece
 
     def _start(self) -> asyncio.Future[Any]:
         settings = self._stores.settings
