@@ -252,3 +252,47 @@ def test_the_cli_wants_a_local_journal_for_an_s3_output() -> None:
     bad = ["run", "--emulator", "x.wav", "-m", "vocals", "-o", "s3://b/o", "--no-journal"]
     assert main([*bad, "--s3-endpoint", "localhost:9000"], stdout=out, stderr=err) == 2
     assert "endpoint must be an http(s) URL" in err.getvalue()
+
+
+async def test_postgres_workers_take_a_bucket_to_a_bucket(
+    emulator: Emulator, s3: S3Server, tmp_path: pathlib.Path, request: pytest.FixtureRequest
+) -> None:
+    """``submit`` lists the s3:// prefix once and stores the endpoint with the batch; two
+    ``worker`` processes (no endpoint of their own) write every stem into the bucket."""
+    pytest.importorskip("psycopg")
+    dsn = request.getfixturevalue("pg_dsn")
+    count = 8
+    src, dst = s3.bucket("in"), s3.bucket("out")
+    put_catalog(s3, src, count, tmp_path, "cat/")
+    submit, env = cli(s3, emulator, f"s3://{src}/cat/", "-o", f"s3://{dst}/stems", "--journal", dsn)
+    submit[submit.index("run")] = "submit"
+    submit = [a for a in submit if a != "--quiet"] + ["--batch", "cat"]
+    done = await anyio.run_process(submit, env=env, check=False)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert f"{count} new input(s)".encode() in done.stderr  # notes.txt is not an input
+    worker = [
+        *submit[: submit.index("submit")],
+        *("worker", "--journal", dsn, "--batch", "cat"),
+        *("--api-key", emulator.api_key, "--base-url", emulator.base_url, "--quiet", "--json"),
+    ]
+    with anyio.fail_after(120):
+        async with anyio.create_task_group() as group:
+            runs: list[subprocess.CompletedProcess[bytes]] = []
+
+            async def one() -> None:
+                runs.append(await anyio.run_process(worker, env=env, check=False))
+
+            group.start_soon(one)
+            group.start_soon(one)
+    assert [r.returncode for r in runs] == [0, 0], [r.stderr.decode()[-1500:] for r in runs]
+    assert sum(json.loads(r.stdout)["done"] for r in runs) == count
+    stats = emulator.stats()
+    assert stats["tasks_created"] == count and stats["duplicate_metadata"] == {}
+    assert stats["requests"].get("POST /assets", 0) == 0
+    for task_id in emulator.tasks:
+        stem = json.loads(emulator.task(task_id)["metadata"])["input"].rsplit("/", 1)[-1][:-4]
+        for name, digest in emulator.output_digests(task_id).items():
+            assert sha256(s3.get(dst, f"stems/{stem}/{name}")) == digest
+    assert len(s3.keys(dst)) == 2 * count
+    assert s3.incomplete_uploads(dst) == []
+    assert not any(SIGNATURE in r.stdout.decode() + r.stderr.decode() for r in runs)

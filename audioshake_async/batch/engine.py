@@ -42,10 +42,12 @@ import anyio.to_thread
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from .. import errors
 from ..models import Target
 from ..storage.s3 import is_s3_uri
 from .events import (
     BatchResult,
+    ItemFailed,
     ProgressHook,
 )
 from .items import DownloadJob, Item
@@ -110,18 +112,57 @@ async def _run_pipeline(pipeline: Pipeline, inputs: Iterable[Any] | AsyncIterabl
         pipeline.watcher.close()
 
     pipeline.watcher.downloads = download_send
-    async with pipeline.results, anyio.create_task_group() as group:  # noqa: SIM117
-        # The original receive ends close as soon as the workers hold their clones.
-        async with upload_recv, create_recv, download_recv:
-            group.start_soon(feed)
-            for _ in range(options.upload_concurrency):
-                group.start_soon(pipeline.upload_worker, upload_recv.clone(), create_send.clone())
-            group.start_soon(
-                creators, [create_recv.clone() for _ in range(options.create_concurrency)]
-            )
-            group.start_soon(pipeline.watcher.run)
-            for _ in range(options.download_concurrency):
-                group.start_soon(pipeline.download_worker, download_recv.clone())
+    async with pipeline.results:
+        try:
+            async with anyio.create_task_group() as group:
+                # A journal that cannot record a step (a full disk) stops every stage at once:
+                # each is as safe to cancel as a crash, and nothing after that step is recorded.
+                pipeline.journal.on_failure = lambda _: group.cancel_scope.cancel()
+                # The original receive ends close as soon as the workers hold their clones.
+                async with upload_recv, create_recv, download_recv:
+                    group.start_soon(feed)
+                    for _ in range(options.upload_concurrency):
+                        group.start_soon(
+                            pipeline.upload_worker, upload_recv.clone(), create_send.clone()
+                        )
+                    group.start_soon(
+                        creators, [create_recv.clone() for _ in range(options.create_concurrency)]
+                    )
+                    group.start_soon(pipeline.watcher.run)
+                    for _ in range(options.download_concurrency):
+                        group.start_soon(pipeline.download_worker, download_recv.clone())
+        except BaseException as exc:
+            # The first journal failure is kept by the journal and reported below.
+            if pipeline.journal.failure is None or not _journal_failures_only(exc):
+                raise
+        failure = pipeline.journal.failure
+        # Items whose lease was lost are another worker's now: not this run's to report.
+        if failure is not None and not isinstance(failure, errors.LeaseLostError):
+            await _report_stopped(pipeline, failure)
+
+
+async def _report_stopped(pipeline: Pipeline, failure: errors.JournalError) -> None:
+    """The journal failed and the batch stopped: each item still in flight ends failed.
+
+    Nothing of theirs is lost: every stage stops as safely as a crash would (the journal holds
+    each step that completed, no file is under its final name unfinished), so a re-run resumes
+    them without creating any task twice.
+    """
+    step = f" ({failure.step})" if failure.step else ""
+    error = f"not finished: the batch stopped when the journal failed{step}"
+    for display in list(pipeline.active.values()):
+        pipeline.emit(ItemFailed(display, error))
+        await pipeline.results.send(BatchResult(display, "failed", error=error))
+    pipeline.active.clear()
+
+
+def _journal_failures_only(exc: BaseException) -> bool:
+    """Whether ``exc`` is a JournalError, or a (nested) group of nothing else."""
+    # Duck-typed: anyio raises task errors as exception groups, built in from Python 3.11 only.
+    inner = getattr(exc, "exceptions", None)
+    if isinstance(inner, tuple):
+        return all(_journal_failures_only(e) for e in inner)
+    return isinstance(exc, errors.JournalError)
 
 
 async def run_batch(
@@ -146,9 +187,13 @@ async def run_batch(
     presigned URL, never uploaded (``s3=S3Settings(...)`` sets the endpoint and URL lifetime).
 
     ``journal`` is a path to the SQLite journal (resume and no double billing across runs), a
-    :class:`Journal`, or None for a throw-away one. Extra keyword arguments set
-    :class:`BatchOptions` fields. Break out early with ``contextlib.aclosing``; the pipeline is
-    cancelled cleanly (no partial file under a final name, the journal consistent).
+    :class:`Journal`, or None for a throw-away one; a journal open in another run raises
+    :class:`~audioshake_async.errors.JournalBusyError` before any request. Extra keyword
+    arguments set :class:`BatchOptions` fields. Break out early with ``contextlib.aclosing``;
+    the pipeline is cancelled cleanly (no partial file under a final name, the journal
+    consistent). When the journal fails (a full disk), no new input is admitted, every item in
+    flight is yielded as failed, then the :class:`~audioshake_async.errors.JournalError` is
+    raised: a re-run resumes from what was recorded.
     """
     provider = client.batch_provider() if isinstance(client, SupportsBatch) else client
     checked = provider.check_targets(targets)
@@ -171,6 +216,8 @@ async def run_batch(
             async for result in results_recv:
                 yield result
         await runner
+        if pipeline.journal.failure is not None:
+            raise pipeline.journal.failure
     finally:
         if not runner.done():
             runner.cancel()

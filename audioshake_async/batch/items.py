@@ -56,8 +56,10 @@ class WatchState:
     next_due: float = 0.0
     polls: int = 0
     last_read_ok: float = 0.0
-    #: A delivery arrived since the last read began: read again at once, not at the next poll.
-    hinted: bool = False
+    #: (target id, status) pairs deliveries announced that no read has confirmed yet.
+    hint_keys: frozenset[tuple[str, str]] = frozenset()
+    #: Reads since the last delivery that did not show its change (stale or forged).
+    hint_tries: int = 0
     unsubscribe: Callable[[], None] | None = None
 
 

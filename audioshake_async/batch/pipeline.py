@@ -18,7 +18,7 @@ import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .. import errors
-from ..core.http import redact_urls
+from ..core.http import SEND_GUARD, check_source_url, has_credentials, redact_url, redact_urls
 from ..core.sink import DiskSink
 from ..models import Target, Task
 from ..storage.s3 import S3Object, S3Stores, is_s3_uri
@@ -46,6 +46,7 @@ from .items import (
     unique_upload_name,
 )
 from .journal import AsyncJournal, ItemRecord, journal_key
+from .journal_pg_schema import lease_guard
 from .options import BatchOptions
 from .outputs import OutputStage, open_sink
 from .reconcile import find_by_token
@@ -86,9 +87,10 @@ class Pipeline:
         self.in_flight = anyio.Semaphore(options.max_in_flight)
         self.watcher = Watcher(self)
         self.cwd = os.getcwd()
-        # Sources between admission and their result (at most max_in_flight of them): the same
-        # file listed twice must not be uploaded, billed and written twice at once.
-        self.active: set[str] = set()
+        # Sources between admission and their result (at most max_in_flight of them), with
+        # their display names: the same file listed twice must not be uploaded, billed and
+        # written twice at once, and a stopped batch reports each of them.
+        self.active: dict[str, str] = {}
         lifetime = provider.source_lifetime
         self.asset_max_age = lifetime - min(7200.0, lifetime / 10)
         if options.asset_max_age is not None:
@@ -107,6 +109,10 @@ class Pipeline:
 
     async def fail(self, item: Item, error: BaseException | str) -> None:
         """Record and report the item as failed, with what it did write."""
+        if isinstance(error, errors.JournalError):
+            # The journal cannot record this (disk full, database gone, lease taken over):
+            # going on would do work nobody can resume. The batch stops.
+            raise error
         message = error if isinstance(error, str) else (str(error) or type(error).__name__)
         item.problems.append(message)
         item.settle()
@@ -117,7 +123,6 @@ class Pipeline:
         if item.finished or not item.task_done or item.pending_downloads:
             return
         item.state = ItemState.FINISHED
-        self.active.discard(item.source)
         task = item.task
         if task is not None and item.s3:
             # The presigned URL is a credential: the result names the s3:// URI instead.
@@ -144,6 +149,8 @@ class Pipeline:
         await self.results.send(
             BatchResult(item.display, status, task, files, error, directory, tuple(item.locations))
         )
+        # Only once reported: an item stopped before that is reported by the engine.
+        self.active.pop(item.source, None)
         self.in_flight.release()
 
     def metadata_for(self, item: Item, token: str) -> str:
@@ -166,9 +173,19 @@ class Pipeline:
     ) -> None:
         """Decide where one input enters the pipeline (or report it skipped or failed)."""
         display = os.fspath(raw)
-        self.emit(ItemQueued(display))
         as_s3 = is_s3_uri(display)
         as_url = as_s3 or (isinstance(raw, str) and is_url(raw))
+        if as_url and not as_s3 and has_credentials(display):
+            display = redact_url(display)  # never echoed: not in events, summary or metadata
+        self.emit(ItemQueued(display))
+        if as_url and not as_s3:
+            try:
+                check_source_url(os.fspath(raw))
+            except errors.ValidationError as exc:
+                self.emit(ItemFailed(display, str(exc)))
+                await self.results.send(BatchResult(display, "failed", error=str(exc)))
+                self.in_flight.release()
+                return
         # Pure string work (the working directory was read once): no blocking call here.
         source = display if as_url else os.path.normpath(os.path.join(self.cwd, display))  # noqa: ASYNC240
         if source in self.active:
@@ -178,7 +195,7 @@ class Pipeline:
             )
             self.in_flight.release()
             return
-        self.active.add(source)
+        self.active[source] = display
         stem = stem_of(source, as_url)
         dirname = await self.journal.claim_dir(source, stem)
         item = Item(
@@ -214,7 +231,6 @@ class Pipeline:
             item.upload_name = record.upload_name
             if record.status == "done" and await self.outputs.all_present(item):
                 item.state = ItemState.FINISHED
-                self.active.discard(source)
                 for name in sorted(item.known_outputs):
                     self.outputs.keep(item, name)
                 self.emit(ItemSkipped(display))
@@ -230,6 +246,7 @@ class Pipeline:
                         tuple(item.locations),
                     )
                 )
+                self.active.pop(source, None)
                 self.in_flight.release()
                 return
             fresh = (
@@ -299,7 +316,7 @@ class Pipeline:
         def on_progress(sent: int, total: int) -> None:
             self.emit(UploadProgress(display, sent, total))
 
-        if item.upload_name is not None:
+        if item.upload_name is not None and self.options.find_interrupted_uploads:
             # An earlier run was stopped during this upload: it may have completed.
             found = await self.provider.find_upload(item.upload_name)
             if found is not None:
@@ -351,6 +368,7 @@ class Pipeline:
         metadata = self.metadata_for(item, token)
         last_error: BaseException | None = None
         for attempt in range(1, self.options.create_attempts + 1):
+            guard = SEND_GUARD.set(lease_guard(self.journal.journal, item.display))
             try:
                 task = await self.provider.create(
                     source=None if item.is_url else item.asset_id,
@@ -390,6 +408,8 @@ class Pipeline:
                 await item.journal.record_asset(None, None, None)
                 await self.upload(item)
                 continue
+            finally:
+                SEND_GUARD.reset(guard)
             await self._adopt(item, task, recovered=False)
             return
         raise errors.AudioShakeError(
@@ -404,6 +424,10 @@ class Pipeline:
 
     async def find_by_token(self, token: str, *, since: float | None = None) -> Task | None:
         """The task carrying ``token``, if an earlier create made it (see :func:`find_by_token`)."""
+        if self.options.listing is not None:
+            known = await self.options.listing.find_token(token)
+            if known is not None:
+                return known
         return await find_by_token(
             self.provider, token, since=since, pages=self.options.reconcile_pages
         )
@@ -433,6 +457,8 @@ class Pipeline:
             async for job in inbox:
                 try:
                     await self.outputs.download(job)
+                except errors.JournalError:
+                    raise
                 except (errors.AudioShakeError, OSError) as exc:
                     job.item.problems.append(f"{job.name}: {exc}")
                 job.item.pending_downloads -= 1

@@ -19,7 +19,7 @@ from ..core.http import PollPolicy, RetryPolicy
 from ..core.sink import OutputWriter, StoredOutput
 from ..models import Output, Target, Task
 
-__all__ = ["BatchProvider", "Hints", "SupportsBatch"]
+__all__ = ["BatchProvider", "Hints", "Listing", "SupportsBatch"]
 
 
 @runtime_checkable
@@ -96,3 +96,17 @@ class Hints(Protocol):
 
     def subscribe(self, task_id: str, listener: Callable[[Task], None]) -> Callable[[], None]:
         """Call ``listener`` on each delivery about ``task_id``; returns the unsubscribe."""
+
+    def confirm(self, task: Task) -> None:
+        """An authenticated read showed ``task``: deliveries of what it shows are duplicates."""
+
+
+class Listing(Protocol):
+    """Where the watcher reads list pages and token searches look first, instead of the
+    provider's own listing (e.g. tasks one leader recorded for many workers)."""
+
+    async def page(self, *, skip: int, take: int) -> list[Task]:
+        """Snapshots of tasks in flight, a page at a time."""
+
+    async def find_token(self, token: str) -> Task | None:
+        """A known task carrying ``token`` in its metadata."""

@@ -32,7 +32,11 @@ def main(
         print(f"try '{exc.prog} --help'", file=err)
         return EXIT_USAGE
     if args.command is None:
-        print("audioshake-async: error: give a command: run, models, emulator or migrate", file=err)
+        print(
+            "audioshake-async: error: give a command: run, submit, worker, status, audit, "
+            "models, emulator or migrate",
+            file=err,
+        )
         print("try 'audioshake-async --help'", file=err)
         return EXIT_USAGE
     try:
@@ -40,6 +44,10 @@ def main(
             return migrate_command(args, out, err)
         if args.command == "run":
             return asyncio.run(run_command(args, out, err))
+        if args.command in ("submit", "worker", "status", "audit"):
+            from .cluster import cluster_command
+
+            return asyncio.run(cluster_command(args, out, err))
         return asyncio.run(models_command(args, out))
     except UsageError as exc:
         print(f"audioshake-async: error: {exc}", file=err)
@@ -48,6 +56,10 @@ def main(
         print(f"audioshake-async: error: {exc}", file=err)
         return EXIT_USAGE
     except errors.ConfigurationError as exc:
+        print(f"audioshake-async: error: {exc}", file=err)
+        return EXIT_USAGE
+    except errors.JournalBusyError as exc:
+        # Another run holds the journal: running beside it could bill the same work twice.
         print(f"audioshake-async: error: {exc}", file=err)
         return EXIT_USAGE
     except errors.AudioShakeError as exc:

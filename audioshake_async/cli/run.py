@@ -7,21 +7,24 @@ import contextlib
 import json
 import pathlib
 import sys
+from collections.abc import AsyncIterator
 from typing import Any, TextIO
 
+import anyio.to_thread
 import attrs
 
 from .. import errors
 from ..batch import (
     BatchOptions,
     BatchResult,
+    SqliteJournal,
     expand_inputs,
     run_batch,
 )
-from ..models import Target
+from ..batch.journal_pg import is_postgres_dsn
 from ..storage.s3 import S3Settings, S3Uri, is_s3_uri
 from .display import ProgressTracker, live_display
-from .parser import EXIT_ITEMS_FAILED, EXIT_OK, UsageError, check_out_dir, parse_targets
+from .parser import EXIT_ITEMS_FAILED, EXIT_OK, UsageError, check_out_dir, targets_from_args
 from .providers import JOURNAL_NAME, open_provider, serve_webhooks, tasks_api
 
 
@@ -40,6 +43,8 @@ class RunSummary:
     failed: int = 0
     failures: list[tuple[str, str | None]] = attrs.Factory(list)
     records: list[tuple[str, str, str | None, tuple[str, ...], str | None]] = attrs.Factory(list)
+    #: Why the batch stopped before its end (the journal failed), if it did.
+    stopped: str | None = None
 
     def add(self, result: BatchResult, *, error: str | None = None) -> None:
         """Count one finished item; ``error`` overrides the result's own."""
@@ -67,6 +72,8 @@ class RunSummary:
             "api_requests": dict(sorted(requests.items())),
             "results": [],
         }
+        if self.stopped is not None:
+            head = {"stopped": self.stopped, **head}
         text = json.dumps(head, indent=2)
         if not self.records:
             print(text, file=out)
@@ -86,20 +93,30 @@ class RunSummary:
         out.write("\n  ]\n}\n")
 
 
+@contextlib.asynccontextmanager
+async def open_journal(path: str | None) -> AsyncIterator[SqliteJournal | None]:
+    """The run's journal (None: the engine keeps a throw-away one), locked for the whole run.
+
+    Opened before the provider: a journal in use by another run is refused (JournalBusyError,
+    exit 2) before any request.
+    """
+    if path is None:
+        yield None
+        return
+    journal = await anyio.to_thread.run_sync(SqliteJournal, path)
+    try:
+        yield journal
+    finally:
+        await anyio.to_thread.run_sync(journal.close)
+
+
 async def run_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """``run INPUT...``: the batch, its progress on stderr, the summary on stdout."""
-    if args.api == "legacy":
-        args.provider = "legacy"
-    if args.provider == "musicai":
-        if not args.workflow:
-            raise UsageError("--provider musicai needs --workflow SLUG")
-        targets = [Target(args.workflow, ("auto",))]
-    else:
-        if not args.model:
-            raise UsageError("give at least one model with -m/--model")
-        targets = parse_targets(
-            args.model, args.format, residual=args.residual, language=args.language
-        )
+    targets = targets_from_args(args)
+    if is_postgres_dsn(args.journal):
+        from .cluster import run_on_postgres
+
+        return await run_on_postgres(args, targets, out, err)
     if args.concurrency < 1 or args.max_in_flight < 1:
         raise UsageError("--concurrency and --max-in-flight must be at least 1")
     if args.timeout is not None and args.timeout <= 0:
@@ -139,6 +156,7 @@ async def run_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int
         unreadable[path] = f"cannot read directory: {exc.strerror or exc}"
 
     async with (
+        open_journal(journal) as store,
         open_provider(args, targets) as opened,
         serve_webhooks(args, opened.webhooks, err) as receiver,
     ):
@@ -156,20 +174,26 @@ async def run_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int
                 inputs,
                 targets=targets,
                 out_dir=out_dir,
-                journal=journal,
+                journal=store,
                 progress=tracker,
                 options=options,
             )
             async with contextlib.aclosing(batch):
-                async for result in batch:
-                    tracker.record(result)
-                    # The engine only sees "not a regular file"; the walk knows why.
-                    reason = unreadable.pop(result.input, None) if not result.ok else None
-                    summary.add(result, error=reason)
+                try:
+                    async for result in batch:
+                        tracker.record(result)
+                        # The engine only sees "not a regular file"; the walk knows why.
+                        reason = unreadable.pop(result.input, None) if not result.ok else None
+                        summary.add(result, error=reason)
+                except errors.JournalError as exc:
+                    # A clean stop (a full disk): every item in flight was reported failed.
+                    summary.stopped = str(exc)
         requests = opened.provider.request_counts()
     # Failures go to stderr in both modes: with --json, stdout stays one JSON document.
     for item, error in summary.failures:
         print(f"FAILED {item}: {error}", file=err)
+    if summary.stopped is not None:
+        print(f"STOPPED: {summary.stopped}; re-run the same command to resume", file=err)
     if args.json:
         summary.write_json(out, requests)
     else:
@@ -178,7 +202,7 @@ async def run_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int
             f"{summary.failed} failed; outputs in {out_dir}",
             file=out,
         )
-    return EXIT_ITEMS_FAILED if summary.failed else EXIT_OK
+    return EXIT_ITEMS_FAILED if summary.failed or summary.stopped else EXIT_OK
 
 
 def s3_settings(args: argparse.Namespace) -> S3Settings | None:

@@ -22,6 +22,8 @@ import anyio
 import anyio.to_thread
 import attrs
 
+from .parts import open_part, part_path_for, sweep_once
+
 __all__ = ["DiskSink", "DiskWriter", "OutputSink", "OutputWriter", "StoredOutput"]
 
 
@@ -69,11 +71,22 @@ class OutputSink(Protocol):
 
 
 class DiskWriter:
-    """Writes into a hidden ``.<name>.part`` file beside ``destination``, renamed on commit."""
+    """Writes into a hidden part file beside ``destination``, renamed on commit.
 
-    def __init__(self, destination: pathlib.Path, handle: IO[bytes], checksum: bool) -> None:
+    The part file's name is unique to this writer and the file is locked while open
+    (:mod:`core.parts`): two processes writing one output never share a part file, and the
+    first commit in a directory sweeps the part files that killed writers left there.
+    """
+
+    def __init__(
+        self,
+        destination: pathlib.Path,
+        handle: IO[bytes],
+        checksum: bool,
+        part_path: pathlib.Path,
+    ) -> None:
         self.destination = destination
-        self.part_path = part_path_of(destination)
+        self.part_path = part_path
         self._handle = handle
         self._checksum = checksum
         self._digest: Any = hashlib.sha256() if checksum else None
@@ -82,18 +95,18 @@ class DiskWriter:
     @classmethod
     async def open(cls, destination: pathlib.Path, *, checksum: bool) -> DiskWriter:
         """Create the part file (and its directory when missing)."""
-        part = part_path_of(destination)
+        part = part_path_for(destination)
         # Opened on the loop, not in a thread: a cancellation while a worker thread opened the
         # file would drop the handle unclosed. Creating a local file does not block. The
         # directory is made (in a thread) only when missing: a hop costs more than the open.
         try:
-            handle = _open_part(part)
+            handle = open_part(part)
         except FileNotFoundError:
             await anyio.to_thread.run_sync(
                 lambda: destination.parent.mkdir(parents=True, exist_ok=True)
             )
-            handle = _open_part(part)
-        return cls(destination, handle, checksum)
+            handle = open_part(part)
+        return cls(destination, handle, checksum, part)
 
     @property
     def location(self) -> str:
@@ -125,6 +138,7 @@ class DiskWriter:
     def _replace(self) -> None:
         self._handle.close()
         os.replace(self.part_path, self.destination)
+        sweep_once(self.destination)
 
     async def commit(self) -> StoredOutput:
         """Close the part file and rename it into place (one worker-thread hop)."""
@@ -147,15 +161,6 @@ class DiskWriter:
 
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(drop)
-
-
-def _open_part(path: pathlib.Path) -> IO[bytes]:
-    return open(path, "wb")
-
-
-def part_path_of(destination: pathlib.Path) -> pathlib.Path:
-    """The hidden file an output is written to before its rename."""
-    return destination.with_name(f".{destination.name}.part")
 
 
 class DiskSink:
