@@ -28,6 +28,8 @@ __all__ = [
     "RateLimitError",
     "ResponseParseError",
     "ServerError",
+    "StorageError",
+    "StorageNotFoundError",
     "TaskFailedError",
     "TaskTimeoutError",
     "UnprocessableEntityError",
@@ -159,6 +161,14 @@ class AmbiguousRequestError(APIConnectionError):
 
 class DownloadError(AudioShakeError):
     """An output could not be downloaded after every retry (and link refresh)."""
+
+
+class StorageError(AudioShakeError):
+    """An object store (S3 or compatible) refused or failed a request about an input or output."""
+
+
+class StorageNotFoundError(StorageError):
+    """The object (or bucket) does not exist in the store."""
 
 
 class JournalError(AudioShakeError):

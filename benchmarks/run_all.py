@@ -7,7 +7,9 @@
 4. ``bench_musicai.py`` (the Music.AI engineer's, run when present; ``--reps 3`` in full mode):
    vs the official SDK; its ``--json`` figures go to the summary and under the peers table,
    its section of RESULTS.md stays its owner's;
-5. ``bench_shared_limit.py``: 1, 2, 4 and 8 worker processes on one account at 60 requests/s,
+5. ``bench_s3.py``: requests per item and items/s for file vs s3:// inputs at 60 req/s, one
+   large output CDN -> S3 vs disk (writes its own section in full mode);
+6. ``bench_shared_limit.py``: 1, 2, 4 and 8 worker processes on one account at 60 requests/s,
    the shared PostgreSQL limiter vs one in-process limiter per worker (starts its own
    PostgreSQL).
 
@@ -56,7 +58,7 @@ from _common import (
     write_section,
 )
 
-ALL = ("overhead", "transfer", "batch", "musicai", "shared")
+ALL = ("overhead", "transfer", "batch", "musicai", "s3", "shared")
 
 
 def run_script(name: str, argv: list[str]) -> tuple[int, str]:
@@ -382,6 +384,17 @@ def main(argv: list[str] | None = None) -> int:
         else:
             progress("bench_musicai.py not present: skipped")
 
+    if "s3" in only:
+        progress("=== catalogs in object storage (bench_s3.py)")
+        extra = ["--write"] if write and not args.quick else []
+        if args.smoke:
+            extra = ["--items", "6", "--size-mib", "16"]
+        code, stdout = run_script("bench_s3.py", mode + extra)
+        if code == 0:
+            if args.quick:
+                texts["s3"] = stdout.strip() + "\n"
+        else:
+            results["failed"].append("bench_s3.py")
     if "shared" in only:
         progress("=== shared rate budget (bench_shared_limit.py)")
         code, stdout, rows = run_shared(mode, args.smoke)
@@ -400,7 +413,17 @@ def main(argv: list[str] | None = None) -> int:
         )
     minutes = (time.perf_counter() - started) / 60
     texts["summary"] = summary(results, info, argv, loadavg(), minutes)
-    order = ["summary", "overhead", "transfer", "batch", "peers", "scaling", "musicai", "shared"]
+    order = [
+        "summary",
+        "overhead",
+        "transfer",
+        "batch",
+        "peers",
+        "scaling",
+        "musicai",
+        "s3",
+        "shared",
+    ]
     for name in order:
         if name in texts:
             print(texts[name])

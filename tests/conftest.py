@@ -93,3 +93,7 @@ def postgres_server() -> Iterator[PostgresServer]:
 def pg_dsn(postgres_server: PostgresServer) -> str:
     """A fresh database on the session's server: tests never share one."""
     return postgres_server.new_database()
+
+
+# The S3-compatible server (moto's) for the s3:// tests; see tests/_s3.py.
+from ._s3 import s3, s3_server  # noqa: E402, F401

@@ -56,6 +56,20 @@ def test_transfer_benchmark_smoke_run(tmp_path: pathlib.Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_s3_benchmark_smoke_run() -> None:
+    """``bench_s3.py``: 6 items each way at 60 req/s, a 16 MiB output to disk and to S3
+    (~35 s: two emulators, moto's server and six processes start)."""
+    before = _stamps()
+    done = _run("bench_s3.py", "--quick", "--items", "6", "--size-mib", "16", timeout=110)
+    assert "| local files (upload) |" in done.stdout
+    assert "| s3:// (presigned URL) | " in done.stdout
+    assert "API requests per item with s3:// inputs" in done.stdout
+    assert "| S3 (`write_output` into `S3Sink`) |" in done.stdout
+    assert _stamps() == before
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_musicai_benchmark_smoke_run(tmp_path: pathlib.Path) -> None:
     """``bench_musicai.py``: 3 jobs and a 4 MiB upload per contender, once (~10 s)."""

@@ -23,6 +23,7 @@ import attrs
 
 from .. import errors
 from ..models import Target
+from ..storage.s3 import S3Object, S3Settings, S3Stores, is_s3_uri
 from .engine import _iterate, run_batch
 from .events import BatchResult, ProgressHook
 from .items import is_url
@@ -30,6 +31,7 @@ from .journal import journal_key
 from .journal_pg import PostgresJournal
 from .options import BatchOptions
 from .seam import BatchProvider
+from .sources import expand_s3
 
 logger = logging.getLogger("audioshake_async.batch")
 
@@ -39,9 +41,11 @@ __all__ = ["submit", "work"]
 CLAIM_SIZE = 8
 
 
-def _source_key(raw: str | os.PathLike[str], cwd: str) -> str:
+def _source_key(raw: str | os.PathLike[str] | S3Object, cwd: str) -> str:
+    if isinstance(raw, S3Object):
+        return raw.uri
     text = os.fspath(raw)
-    if is_url(text):
+    if is_url(text) or is_s3_uri(text):
         return text
     return os.path.normpath(os.path.join(cwd, text))
 
@@ -53,11 +57,14 @@ async def submit(
     *,
     targets: Sequence[Target],
     settings: dict[str, Any] | None = None,
+    s3: S3Settings | None = None,
 ) -> int:
     """Register the batch and its inputs (idempotent); returns how many inputs are new.
 
     Paths are stored absolute: every worker must see them at the same place (a shared file
-    system). ``settings`` (the output directory, formats...) are stored with the batch.
+    system). An ``s3://bucket/prefix/`` is listed here (with ``s3``'s endpoint), one item per
+    object; objects under an ``s3://`` output (``settings["out"]``) are skipped. ``settings``
+    (the output directory, formats...) are stored with the batch.
     """
     checked = provider.check_targets(targets)
     signature = journal_key(provider, checked)
@@ -65,7 +72,14 @@ async def submit(
     cwd = os.getcwd()
     added = 0
     chunk: list[str] = []
-    async for raw in _iterate(inputs):
+    out = str((settings or {}).get("out", ""))
+    expanded = expand_s3(
+        _iterate(inputs),
+        S3Stores(s3),
+        provider.input_extensions,
+        exclude=out if is_s3_uri(out) else None,
+    )
+    async for raw in expanded:
         chunk.append(_source_key(raw, cwd))
         if len(chunk) >= 500:
             added += await anyio.to_thread.run_sync(journal.add_inputs, list(chunk), signature)
@@ -149,7 +163,8 @@ async def work(
                     provider,
                     _claims(journal, wait),
                     targets=targets,
-                    out_dir=pathlib.Path(out_dir),
+                    # An s3:// root stays a string: the engine opens the S3 sink for it.
+                    out_dir=out_dir if is_s3_uri(os.fspath(out_dir)) else pathlib.Path(out_dir),
                     journal=journal,
                     progress=progress,
                     options=settings,

@@ -14,7 +14,8 @@ back the ones before it and a million-item input is read lazily):
 - watch: one loop refreshes every task in flight through the client's rate limiter, with
   per-task backoff, by ``GET /tasks`` pages when that costs fewer requests than one
   ``GET /tasks/{id}`` each; each target's outputs go to download as soon as it completes;
-- download: stream each output to ``<out_dir>/<input stem>/<name>.<format>`` atomically.
+- download: stream each output to ``<out_dir>/<input stem>/<name>.<format>`` atomically, on
+  disk or in a bucket (``out_dir="s3://..."``) through the output seam (``core/sink.py``).
 
 One item's failure is recorded and reported as a result; it never stops the batch.
 """
@@ -26,7 +27,6 @@ import contextlib
 import itertools
 import logging
 import os
-import pathlib
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
@@ -44,6 +44,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from .. import errors
 from ..models import Target
+from ..storage.s3 import is_s3_uri
 from .events import (
     BatchResult,
     ItemFailed,
@@ -54,6 +55,7 @@ from .journal import AsyncJournal, Journal, SqliteJournal, journal_key, targets_
 from .options import BatchOptions
 from .pipeline import Pipeline
 from .seam import BatchProvider, SupportsBatch
+from .sources import expand_s3
 
 logger = logging.getLogger("audioshake_async.batch")
 
@@ -91,7 +93,14 @@ async def _run_pipeline(pipeline: Pipeline, inputs: Iterable[Any] | AsyncIterabl
 
     async def feed() -> None:
         async with upload_send, create_send:
-            async for raw in _iterate(inputs):
+            exclude = os.fspath(pipeline.out_dir_arg)
+            expanded = expand_s3(
+                _iterate(inputs),
+                pipeline.stores,
+                pipeline.provider.input_extensions,
+                exclude=exclude if is_s3_uri(exclude) else None,
+            )
+            async for raw in expanded:
                 await pipeline.in_flight.acquire()
                 await pipeline.admit(raw, upload_send, create_send)
 
@@ -172,6 +181,11 @@ async def run_batch(
     ``client`` is an :class:`~audioshake_async.AudioShake` client or any
     :class:`~audioshake_async.batch.provider.BatchProvider` (legacy Jobs, Music.AI).
 
+    ``out_dir`` is a local directory or an ``s3://bucket/prefix`` (outputs streamed into
+    multipart uploads; needs the ``[s3]`` extra). ``inputs`` may hold ``s3://bucket/key`` objects
+    and ``s3://bucket/prefix/`` prefixes (listed lazily): each is passed to the service as a
+    presigned URL, never uploaded (``s3=S3Settings(...)`` sets the endpoint and URL lifetime).
+
     ``journal`` is a path to the SQLite journal (resume and no double billing across runs), a
     :class:`Journal`, or None for a throw-away one; a journal open in another run raises
     :class:`~audioshake_async.errors.JournalBusyError` before any request. Extra keyword
@@ -184,7 +198,6 @@ async def run_batch(
     provider = client.batch_provider() if isinstance(client, SupportsBatch) else client
     checked = provider.check_targets(targets)
     settings = attrs.evolve(options, **option_values) if options else BatchOptions(**option_values)
-    directory = pathlib.Path(out_dir)
     owned: SqliteJournal | None = None
     if journal is None or isinstance(journal, (str, os.PathLike)):
         owned = await anyio.to_thread.run_sync(SqliteJournal, journal)
@@ -193,7 +206,7 @@ async def run_batch(
         store = journal
     results_send, results_recv = anyio.create_memory_object_stream[BatchResult](64)
     pipeline = Pipeline(
-        provider, checked, directory, AsyncJournal(store), progress, settings, results_send
+        provider, checked, out_dir, AsyncJournal(store), progress, settings, results_send
     )
     # The pipeline runs in its own task, so this generator never yields inside a cancel scope
     # and can be closed from any task.

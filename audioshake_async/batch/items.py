@@ -70,8 +70,13 @@ class Item:
     display: str
     source: str
     is_url: bool
+    #: Local output directory (disk sink); for another sink, the item's relative directory.
     directory: pathlib.Path
     journal: ItemJournal
+    #: The output directory's name, relative to the sink's root.
+    dirname: str = ""
+    #: An ``s3://`` input: presigned just before each create, never uploaded.
+    s3: bool = False
     state: ItemState = ItemState.QUEUED
     origin: Origin = Origin.NEW
     size: int | None = None
@@ -92,6 +97,7 @@ class Item:
     dispatched: set[tuple[str, str, str]] = attrs.Factory(set)
     reported_targets: set[str] = attrs.Factory(set)
     files: list[pathlib.Path] = attrs.Factory(list)
+    locations: list[str] = attrs.Factory(list)
     problems: list[str] = attrs.Factory(list)
     pending_downloads: int = 0
 
@@ -113,11 +119,16 @@ class Item:
 
 @attrs.define(eq=False)
 class DownloadJob:
-    """One output of one item, to be written at ``path``."""
+    """One output of one item, to be written as ``name`` in the item's output directory."""
 
     item: Item
     output: Output
-    path: pathlib.Path
+    name: str
+
+    @property
+    def relative(self) -> str:
+        """The output's name relative to the sink's root."""
+        return f"{self.item.dirname}/{self.name}"
 
 
 def is_url(value: str) -> bool:

@@ -2,9 +2,11 @@
 
 One row per (input, target set): content identity (size, mtime, SHA-256), the asset and when it
 was uploaded, the client token written *before* ``POST /tasks``, the task id, and one row per
-downloaded output with its SHA-256. SQLite in WAL mode: every write is its own transaction, so
-the file is consistent after a ``kill -9`` at any moment. One process at a time: a second opener
-is refused (``journal_lock``), and SQLite's failures (a full disk) raise a typed ``JournalError``.
+downloaded output with its SHA-256 (an ``s3://`` input: its URI as the source, its size, and
+``etag:<ETag>`` where a file's SHA-256 goes). SQLite in WAL mode: every write is its own
+transaction, so the file is consistent after a ``kill -9`` at any moment. One process at a time:
+a second opener is refused (``journal_lock``), and SQLite's failures (a full disk) raise a typed
+``JournalError``.
 
 :class:`Journal` is the interface the engine uses; :class:`SqliteJournal` the embedded store.
 The engine calls it through :class:`AsyncJournal` and a typed :class:`ItemJournal` per item, which

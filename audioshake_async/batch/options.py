@@ -12,6 +12,7 @@ import attrs
 
 from .. import errors
 from ..core.http import PollPolicy
+from ..storage.s3 import S3Settings
 from .seam import Hints, Listing
 
 logger = logging.getLogger("audioshake_async.batch")
@@ -67,6 +68,9 @@ class BatchOptions:
     #: Items an earlier run recorded as failed get a new task (billed again) instead of
     #: re-reading the failed one; outputs already written are kept.
     retry_failed: bool = False
+    #: How ``s3://`` inputs and outputs reach the store (endpoint, region, the lifetime of
+    #: presigned input URLs, multipart part size); None: the AWS environment's defaults.
+    s3: S3Settings | None = None
 
     def __attrs_post_init__(self) -> None:
         for name in (

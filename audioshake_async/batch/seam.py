@@ -15,8 +15,8 @@ import pathlib
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
-from ..core.download import DownloadedFile
 from ..core.http import PollPolicy, RetryPolicy
+from ..core.sink import OutputWriter, StoredOutput
 from ..models import Output, Target, Task
 
 __all__ = ["BatchProvider", "Hints", "Listing", "SupportsBatch"]
@@ -75,10 +75,9 @@ class BatchProvider(Protocol):
     async def page(self, *, skip: int, take: int) -> list[Task]:
         """Recent tasks, newest first (only when ``supports_listing``)."""
 
-    async def fetch_output(
-        self, task: Task, output: Output, destination: pathlib.Path, *, checksum: bool
-    ) -> DownloadedFile:
-        """Download one output atomically to ``destination``."""
+    async def fetch_output(self, task: Task, output: Output, writer: OutputWriter) -> StoredOutput:
+        """Stream one output into ``writer`` and commit it (the writer computes the checksum
+        and makes the output appear under its final name only when complete)."""
 
     def request_counts(self) -> dict[str, int]:
         """Requests sent so far, by route."""

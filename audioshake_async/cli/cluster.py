@@ -32,6 +32,7 @@ from ..models import Target
 from ..musicai import DEFAULT_BASE_URL as MUSICAI_BASE_URL
 from ..musicai import ENV_API_KEY as MUSICAI_API_KEY
 from ..musicai import ENV_BASE_URL as MUSICAI_BASE_URL_ENV
+from ..storage.s3 import S3Settings, S3Uri, is_s3_uri
 from ..tasks import ENV_API_KEY, ENV_BASE_URL
 from ..tasks.wire import DEFAULT_BASE_URL
 from .display import ProgressTracker, live_display
@@ -90,22 +91,52 @@ def _closing(journal: PostgresJournal) -> Any:
         journal.close()
 
 
+def _s3_of(settings: dict[str, Any]) -> S3Settings | None:
+    """The batch's stored S3 settings (endpoint, URL lifetime), as every worker uses them."""
+    stored = settings.get("s3")
+    if not stored:
+        return None
+    try:
+        return S3Settings(**stored)
+    except (TypeError, errors.ValidationError) as exc:
+        raise UsageError(f"the batch's stored S3 settings are not usable: {exc}") from None
+
+
 async def _submit(args: argparse.Namespace, targets: list[Target], err: TextIO) -> int:
-    out_dir = check_out_dir(args.out)
-    settings = {
+    s3: dict[str, Any] = {}
+    if getattr(args, "s3_endpoint", None):
+        s3["endpoint"] = args.s3_endpoint
+    if getattr(args, "s3_url_lifetime", None):
+        s3["url_lifetime"] = args.s3_url_lifetime
+    exclude: list[Any] = []
+    if is_s3_uri(args.out):
+        try:
+            S3Uri.parse(args.out)
+        except errors.ValidationError as exc:
+            raise UsageError(str(exc)) from None
+        out = args.out
+    else:
+        out_dir = check_out_dir(args.out)
+        out, exclude = str(out_dir.resolve()), [out_dir]
+    settings: dict[str, Any] = {
         "provider": args.provider,
         "workflow": args.workflow,
-        "out": str(out_dir.resolve()),
+        "out": out,
         "targets": [unstructure(t) for t in targets],
     }
+    if s3:
+        # Stored with the batch: every worker reaches the same store (credentials are not
+        # stored; each worker takes them from its own AWS environment).
+        settings["s3"] = s3
+    s3_settings = _s3_of(settings)
     journal = await anyio.to_thread.run_sync(_open_journal, args)
     with _closing(journal):
         async with open_provider(_service_namespace(args, settings), targets) as opened:
             inputs = expand_inputs(
-                args.inputs, exclude=[out_dir], extensions=opened.provider.input_extensions
+                args.inputs, exclude=exclude, extensions=opened.provider.input_extensions
             )
             added = await submit(
-                journal, opened.provider, inputs, targets=targets, settings=settings
+                journal, opened.provider, inputs, targets=targets, settings=settings, s3=s3_settings
             )
     print(f"batch {args.batch}: {added} new input(s) registered", file=err)
     return EXIT_OK
@@ -142,6 +173,7 @@ async def _work(
     if args.concurrency < 1 or args.max_in_flight < 1:
         raise UsageError("--concurrency and --max-in-flight must be at least 1")
     options = BatchOptions(
+        s3=_s3_of(settings),
         upload_concurrency=args.concurrency,
         download_concurrency=2 * args.concurrency,
         max_in_flight=args.max_in_flight,
@@ -315,7 +347,7 @@ async def run_on_postgres(
 ) -> int:
     """``run --journal postgresql://...``: submit, then work as one worker, in one process."""
     # Pure string work on the given path: no blocking call.
-    out_path = os.path.abspath(args.out)  # noqa: ASYNC240
+    out_path = args.out if is_s3_uri(args.out) else os.path.abspath(args.out)  # noqa: ASYNC240
     args.batch = getattr(args, "batch", None) or f"run:{out_path}"
     await _submit(args, targets, err)
     args.lease, args.request_timeout = 120.0, 60.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from collections.abc import Sequence
 from typing import TextIO
@@ -67,3 +68,28 @@ def main(
     except KeyboardInterrupt:
         print("audioshake-async: interrupted; re-run the same command to resume", file=err)
         return 130
+
+
+def entry() -> None:
+    """The console script and ``python -m audioshake_async``: run :func:`main`, then exit."""
+    exit_process(main())
+
+
+def exit_process(status: int) -> None:
+    """Exit with ``status``; after S3 work, without interpreter finalization.
+
+    obstore 0.12 (the S3 extra) can abort the interpreter while it finalizes after multipart
+    uploads (SIGABRT, exit status 134, with every output already committed): a batch that
+    succeeded must not report a crash. Once obstore is loaded, the streams are flushed and the
+    process ends with ``os._exit``; the journal is closed by then (``run_batch`` closes it).
+    """
+    if "obstore" not in sys.modules:
+        raise SystemExit(status)
+    import logging
+    import os
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(status)

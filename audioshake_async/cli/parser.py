@@ -70,6 +70,22 @@ def add_target_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--language", metavar="L", help="language for transcription/alignment")
 
 
+def add_s3_options(parser: argparse.ArgumentParser) -> None:
+    """Where ``s3://`` inputs and outputs live, and how long a presigned input URL lasts."""
+    parser.add_argument(
+        "--s3-endpoint",
+        metavar="URL",
+        help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL or AWS); credentials from "
+        "the standard AWS environment variables",
+    )
+    parser.add_argument(
+        "--s3-url-lifetime",
+        type=float,
+        metavar="S",
+        help="seconds a presigned s3:// input URL stays valid (default 43200: 12 h)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``audioshake-async``; its errors raise :class:`ArgumentsError`."""
     parser = _Parser(
@@ -89,10 +105,18 @@ def build_parser() -> argparse.ArgumentParser:
         "inputs",
         nargs="+",
         metavar="INPUT",
-        help="audio file, directory (recursive), https:// URL, or - for paths on stdin",
+        help="audio file, directory (recursive), https:// URL, s3://bucket/key, "
+        "s3://bucket/prefix/ (every input under it), or - for paths on stdin",
     )
     add_target_options(run)
-    run.add_argument("-o", "--out", required=True, metavar="DIR", help="output directory")
+    run.add_argument(
+        "-o",
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output directory, or s3://bucket/prefix (needs --journal)",
+    )
+    add_s3_options(run)
     run.add_argument(
         "--webhook-listen",
         metavar="HOST:PORT",
@@ -237,12 +261,22 @@ def add_cluster_commands(commands: Any) -> None:
         description="Register the batch NAME (models, formats, output directory) and its "
         "inputs; submitting again adds only new inputs. Workers then process it.",
     )
-    sub.add_argument("inputs", nargs="+", metavar="INPUT", help="file, directory or https:// URL")
+    sub.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="file, directory, https:// URL, s3://bucket/key or s3://bucket/prefix/",
+    )
     _journal_options(sub)
     add_target_options(sub)
     sub.add_argument(
-        "-o", "--out", required=True, metavar="DIR", help="output directory every worker reaches"
+        "-o",
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output directory every worker reaches, or s3://bucket/prefix",
     )
+    add_s3_options(sub)
     _service_options(sub)
 
     worker = commands.add_parser(

@@ -22,6 +22,7 @@ from ..batch import (
     run_batch,
 )
 from ..batch.journal_pg import is_postgres_dsn
+from ..storage.s3 import S3Settings, S3Uri, is_s3_uri
 from .display import ProgressTracker, live_display
 from .parser import EXIT_ITEMS_FAILED, EXIT_OK, UsageError, check_out_dir, targets_from_args
 from .providers import JOURNAL_NAME, open_provider, serve_webhooks, tasks_api
@@ -58,7 +59,7 @@ class RunSummary:
             self.failures.append((result.input, error))
         if self.keep_records:
             task_id = result.task.id if result.task else None
-            files = tuple(str(p) for p in result.files)
+            files = result.locations or tuple(str(p) for p in result.files)
             self.records.append((result.input, result.status, task_id, files, error))
 
     def write_json(self, out: TextIO, requests: dict[str, int]) -> None:
@@ -120,11 +121,26 @@ async def run_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int
         raise UsageError("--concurrency and --max-in-flight must be at least 1")
     if args.timeout is not None and args.timeout <= 0:
         raise UsageError("--timeout must be positive")
-    out_dir = check_out_dir(args.out)
+    out_dir: str | pathlib.Path
+    s3 = s3_settings(args)
+    if is_s3_uri(args.out):
+        try:
+            S3Uri.parse(args.out)
+        except errors.ValidationError as exc:
+            raise UsageError(str(exc)) from None
+        if not (args.journal or args.no_journal):
+            raise UsageError(
+                "with -o s3://..., give --journal PATH (a local file: resume and no double "
+                "billing depend on it) or --no-journal"
+            )
+        out_dir = args.out
+    else:
+        out_dir = check_out_dir(args.out)
     journal: str | None = None
     if not args.no_journal:
-        journal = args.journal or str(out_dir / JOURNAL_NAME)
+        journal = args.journal or str(pathlib.Path(out_dir) / JOURNAL_NAME)
     options = BatchOptions(
+        s3=s3,
         upload_concurrency=args.concurrency,
         download_concurrency=2 * args.concurrency,
         max_in_flight=args.max_in_flight,
@@ -148,7 +164,7 @@ async def run_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int
             options = attrs.evolve(options, webhooks=receiver)
         inputs = expand_inputs(
             args.inputs,
-            exclude=[out_dir],
+            exclude=[] if isinstance(out_dir, str) else [out_dir],
             on_unreadable=on_unreadable,
             extensions=opened.provider.input_extensions,
         )
@@ -187,6 +203,19 @@ async def run_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int
             file=out,
         )
     return EXIT_ITEMS_FAILED if summary.failed or summary.stopped else EXIT_OK
+
+
+def s3_settings(args: argparse.Namespace) -> S3Settings | None:
+    """The S3 settings the flags ask for (None: the AWS environment's defaults)."""
+    if args.s3_endpoint is None and args.s3_url_lifetime is None:
+        return None
+    try:
+        return S3Settings(
+            endpoint=args.s3_endpoint,
+            **({"url_lifetime": args.s3_url_lifetime} if args.s3_url_lifetime else {}),
+        )
+    except errors.ValidationError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def migrate_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

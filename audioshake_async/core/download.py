@@ -1,9 +1,9 @@
-"""Downloads that never leave a partial file under its final name.
+"""Downloads that never leave a partial output under its final name.
 
-Bytes stream into a hidden part file in the destination directory, unique to this writer and
-locked while written (``core.parts``: two processes on one output never share one); the byte
-count is checked against ``Content-Length`` and the file is renamed into place only when
-complete; the first in a directory sweeps the part files of killed writers there. A
+Bytes stream into an :class:`~audioshake_async.core.sink.OutputWriter` (a hidden part file
+unique to this writer and locked while written, renamed into place: ``core.parts``; or a
+multipart upload); the byte count is checked against ``Content-Length`` and the writer commits
+only when complete, or is aborted. A
 truncated or failed transfer resumes with ``Range`` when the server supports it (else restarts);
 a 403 (signed links expire after an hour) asks the caller for a fresh link. A ``Retry-After``
 on a retryable answer (429, 503...) sets the wait, capped like the API's (``max_retry_after``).
@@ -18,27 +18,23 @@ retried like a dropped connection. Redirect targets never receive the API key.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
-import hashlib
 import logging
-import os
 import pathlib
 import random
 import re
 from collections.abc import Awaitable, Callable
-from typing import IO, Any
+from typing import Any
 
 import anyio
-import anyio.to_thread
 import attrs
 
 from .. import errors
 from .http import RetryPolicy, is_retryable_status, parse_retry_after, redact_url
-from .parts import open_part, part_path_for, sweep_once
+from .sink import DiskWriter, OutputWriter, StoredOutput
 from .transport import Transport
 
-__all__ = ["DownloadLimits", "DownloadedFile", "fetch_to_file"]
+__all__ = ["DownloadLimits", "DownloadedFile", "fetch_to", "fetch_to_file"]
 
 logger = logging.getLogger("audioshake_async")
 
@@ -123,40 +119,18 @@ class _Truncated(Exception):
 
 
 @attrs.define
-class _PartFile:
-    """The hidden file being written, and what is known about the transfer so far."""
+class _Transfer:
+    """What is known about one output's transfer so far; the bytes go to ``writer``."""
 
-    handle: IO[bytes]
-    checksum: bool
+    writer: OutputWriter
     written: int = 0
     accepts_ranges: bool = False
     etag: str | None = None
-    digest: Any = None
 
-    def __attrs_post_init__(self) -> None:
-        self.digest = hashlib.sha256() if self.checksum else None
-
-    def write(self, chunks: list[bytes]) -> None:
-        """Append (runs in a worker thread)."""
-        # The network chunks are written as they are: joining them first would copy every byte.
-        self.handle.writelines(chunks)
-        if self.digest is not None:
-            for chunk in chunks:
-                self.digest.update(chunk)
-
-    def restart(self) -> None:
-        """Drop what was written (runs in a worker thread)."""
-        self.handle.seek(0)
-        self.handle.truncate()
+    async def restart(self) -> None:
+        """Drop what was written: the next bytes start the body again."""
+        await self.writer.restart()
         self.written = 0
-        self.digest = hashlib.sha256() if self.checksum else None
-
-
-def _close_and_replace(handle: IO[bytes], part_path: pathlib.Path, final: pathlib.Path) -> None:
-    """Close the complete ``.part`` file and rename it into place (one worker-thread hop)."""
-    handle.close()
-    os.replace(part_path, final)
-    sweep_once(final)
 
 
 async def fetch_to_file(
@@ -171,24 +145,32 @@ async def fetch_to_file(
     limits: DownloadLimits | None = None,
 ) -> DownloadedFile:
     """Download ``link`` to ``destination`` atomically, with resume, retries and link refresh."""
+    writer = await DiskWriter.open(destination, checksum=checksum)
+    stored = await fetch_to(
+        transport, link, writer, refresh=refresh, retry=retry, progress=progress, limits=limits
+    )
+    return DownloadedFile(destination, stored.size, stored.sha256)
+
+
+async def fetch_to(
+    transport: Transport,
+    link: str,
+    writer: OutputWriter,
+    *,
+    refresh: LinkRefresher | None = None,
+    retry: RetryPolicy | None = None,
+    progress: DownloadProgress | None = None,
+    limits: DownloadLimits | None = None,
+) -> StoredOutput:
+    """Stream ``link`` into ``writer`` (any :class:`OutputWriter`: a file, a multipart upload)
+    and commit it; on any failure the writer is aborted, so nothing appears under its name."""
     policy = retry or transport.retry
     bounds = limits or DownloadLimits()
-    part_path = part_path_for(destination)
-    # Opened on the loop, not in a thread: a cancellation while a worker thread opened the file
-    # would drop the handle unclosed. Creating a local file does not block. The directory is
-    # made (in a thread) only when missing: a thread hop costs more than the open itself.
-    try:
-        handle = open_part(part_path)
-    except FileNotFoundError:
-        await anyio.to_thread.run_sync(
-            lambda: destination.parent.mkdir(parents=True, exist_ok=True)
-        )
-        handle = open_part(part_path)
-    part = _PartFile(handle, checksum)
+    name = writer.location.rstrip("/").rsplit("/", 1)[-1]
+    part = _Transfer(writer)
     failures = 0
     refreshes = 0
     current = link
-    completed = False
     try:
         while True:
             retry_after: float | None = None
@@ -211,68 +193,47 @@ async def fetch_to_file(
                 status, reason = 0, str(exc) or type(exc).__name__
             else:
                 if status in (200, 206):
-                    completed = True
                     break
                 reason = f"HTTP {status}"
             if too_large is not None:
-                raise errors.DownloadError(f"{destination.name}: {too_large}")
+                raise errors.DownloadError(f"{name}: {too_large}")
             if status in (401, 403) and refresh is not None:
                 if refreshes >= MAX_LINK_REFRESHES:
                     raise errors.DownloadError(
-                        f"{destination.name}: link still refused after {refreshes} refreshes"
+                        f"{name}: link still refused after {refreshes} refreshes"
                     )
                 refreshes += 1
-                logger.info(
-                    "download link for %s refused (%s); fetching a fresh one",
-                    destination.name,
-                    reason,
-                )
+                logger.info("download link for %s refused (%s); fetching a fresh one", name, reason)
                 current = await refresh()
                 continue
             if status and not is_retryable_status(status):
-                raise errors.DownloadError(
-                    f"{destination.name}: {redact_url(current)} answered {reason}"
-                )
+                raise errors.DownloadError(f"{name}: {redact_url(current)} answered {reason}")
             if retry_after is not None and retry_after > policy.max_retry_after:
                 # As for API calls: a wait that long is an outage, not a blip; do not stall.
                 raise errors.DownloadError(
-                    f"{destination.name}: {redact_url(current)} answered {reason} with "
+                    f"{name}: {redact_url(current)} answered {reason} with "
                     f"Retry-After {retry_after:g} s, over the {policy.max_retry_after:g} s limit"
                 )
             failures += 1
             if failures > policy.max_retries:
-                raise errors.DownloadError(
-                    f"{destination.name}: gave up after {failures} attempts ({reason})"
-                )
+                raise errors.DownloadError(f"{name}: gave up after {failures} attempts ({reason})")
             if part.written and not part.accepts_ranges:
-                await anyio.to_thread.run_sync(part.restart)
+                await part.restart()
             delay = policy.delay(failures, random.random(), retry_after)
-            logger.info(
-                "retrying download of %s after %s in %.2f s", destination.name, reason, delay
-            )
+            logger.info("retrying download of %s after %s in %.2f s", name, reason, delay)
             await anyio.sleep(delay)
-    finally:
-        if not completed:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(part.handle.close)
-                with contextlib.suppress(OSError):
-                    await anyio.to_thread.run_sync(part_path.unlink)
-    with anyio.CancelScope(shield=True):
-        try:
-            await anyio.to_thread.run_sync(_close_and_replace, part.handle, part_path, destination)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                part.handle.close()  # a no-op: closed even when the close raised
-                await anyio.to_thread.run_sync(part_path.unlink)
-            raise
-    sha256 = part.digest.hexdigest() if part.digest is not None else None
-    return DownloadedFile(destination, part.written, sha256)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await writer.abort()
+        raise
+    # commit() aborts by itself when it fails.
+    return await writer.commit()
 
 
 async def _attempt(
     transport: Transport,
     url: str,
-    part: _PartFile,
+    part: _Transfer,
     progress: DownloadProgress | None,
     limits: DownloadLimits,
     guard: _SpeedGuard,
@@ -307,13 +268,13 @@ async def _attempt(
                 match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
                 if not match or int(match.group(1)) != part.written:
                     # Not the piece asked for: start again from zero, without Range.
-                    await anyio.to_thread.run_sync(part.restart)
+                    await part.restart()
                     part.accepts_ranges = False
                     raise _Truncated("server sent an unexpected byte range")
                 total = int(match.group(3)) if match.group(3) != "*" else None
             else:
                 if part.written:
-                    await anyio.to_thread.run_sync(part.restart)
+                    await part.restart()
                 length = response.headers.get("Content-Length")
                 total = int(length) if length and length.isdigit() else None
             if total is not None and total > limits.max_bytes:
@@ -366,13 +327,13 @@ class _Batch:
 
 
 class _Writer:
-    """Writes batches in a worker thread, one at a time, while the caller reads the next one.
+    """Hands batches to the writer, one at a time, while the caller reads the next one.
 
-    ``part.written`` and the progress callback count a batch as soon as it is on disk.
+    ``part.written`` and the progress callback count a batch as soon as the writer has it.
     """
 
     def __init__(
-        self, part: _PartFile, total: int | None, progress: DownloadProgress | None
+        self, part: _Transfer, total: int | None, progress: DownloadProgress | None
     ) -> None:
         self._part = part
         self._total = total
@@ -386,13 +347,13 @@ class _Writer:
         await self.finish()
         chunks, size = batch.chunks, batch.size
         batch.chunks, batch.size = [], 0
-        pending = asyncio.get_running_loop().run_in_executor(None, self._part.write, chunks)
+        pending = asyncio.ensure_future(self._part.writer.write(chunks))
         self.in_flight = size
         pending.add_done_callback(lambda done: self._written(done, size))
         self._pending = pending
 
     def _written(self, done: asyncio.Future[None], size: int) -> None:
-        # Runs on the loop when the thread finishes, before any waiter of ``done`` resumes.
+        # Runs on the loop when the write finishes, before any waiter of ``done`` resumes.
         self.in_flight = 0
         if done.cancelled() or done.exception() is not None:
             return

@@ -79,10 +79,15 @@ def plan_output_paths(
     return planned
 
 
+def json_bytes(data: Any) -> bytes:
+    """``data`` as the JSON text an output file holds (indented, sorted keys, final newline)."""
+    return (json.dumps(data, indent=2, ensure_ascii=False, sort_keys=True) + "\n").encode()
+
+
 def write_json_atomic(path: pathlib.Path, data: Any) -> tuple[int, str]:
     """Write ``data`` as JSON through a hidden temp file and a rename (runs in a thread);
     returns the size and SHA-256 of what was written."""
-    raw = (json.dumps(data, indent=2, ensure_ascii=False, sort_keys=True) + "\n").encode()
+    raw = json_bytes(data)
     path.parent.mkdir(parents=True, exist_ok=True)
     # A name of its own, as for downloads: two processes writing one file never share it.
     part = part_path_for(path)

@@ -232,6 +232,14 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
+_URL_IN_TEXT = re.compile(r"https?://[^\s'\"<>]+")
+
+
+def redact_urls(text: str) -> str:
+    """``text`` with every http(s) URL in it redacted (:func:`redact_url`)."""
+    return _URL_IN_TEXT.sub(lambda match: redact_url(match.group(0)), text)
+
+
 def origin(url: str) -> tuple[str, str, int]:
     """``(scheme, host, port)`` with the default port filled in."""
     parts = urlsplit(url)

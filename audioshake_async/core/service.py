@@ -20,9 +20,10 @@ import anyio
 
 from .. import errors
 from ..models import Output
-from .download import DownloadedFile, DownloadLimits, DownloadProgress, fetch_to_file
+from .download import DownloadedFile, DownloadLimits, DownloadProgress, fetch_to, fetch_to_file
 from .http import DEFAULT_MAX_JSON_BYTES, DEFAULT_RATE_LIMIT, PollPolicy, RetryPolicy
 from .ratelimit import Limiter
+from .sink import OutputWriter, StoredOutput
 from .transport import Timeouts, Transport
 
 __all__ = [
@@ -168,6 +169,24 @@ class ServiceClient:
             pathlib.Path(destination),
             refresh=refresh,
             checksum=checksum,
+            progress=progress,
+            limits=self.download_limits,
+        )
+
+    async def _stream_link(
+        self,
+        link: str,
+        writer: OutputWriter,
+        refresh: Callable[[], Awaitable[str]],
+        *,
+        progress: DownloadProgress | None,
+    ) -> StoredOutput:
+        """Stream ``link`` into ``writer`` and commit it; ``refresh`` renews a refused link."""
+        return await fetch_to(
+            self._transport,
+            link,
+            writer,
+            refresh=refresh,
             progress=progress,
             limits=self.download_limits,
         )

@@ -9,7 +9,7 @@ import logging
 import os
 import pathlib
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
@@ -28,6 +28,7 @@ from ..core.http import (
 )
 from ..core.ratelimit import Limiter
 from ..core.service import ServiceClient, download_all, poll_until, secret_from
+from ..core.sink import OutputWriter, StoredOutput
 from ..core.transport import Retry
 from ..core.upload import ProgressCallback, prepare_upload
 from ..models import Output
@@ -313,6 +314,27 @@ class LegacyClient(ServiceClient):
         progress: DownloadProgress | None = None,
     ) -> DownloadedFile:
         """Download one output atomically; a refused (expired) link is refreshed from the job."""
+        link, refresh = self._refresher(job, output)
+        return await self._fetch_link(
+            link, destination, refresh, checksum=checksum, progress=progress
+        )
+
+    async def write_output(
+        self,
+        job: Job | str,
+        output: OutputAsset | Output,
+        writer: OutputWriter,
+        *,
+        progress: DownloadProgress | None = None,
+    ) -> StoredOutput:
+        """Stream one output into ``writer`` (a file, an S3 upload...) and commit it."""
+        link, refresh = self._refresher(job, output)
+        return await self._stream_link(link, writer, refresh, progress=progress)
+
+    def _refresher(
+        self, job: Job | str, output: OutputAsset | Output
+    ) -> tuple[str, Callable[[], Awaitable[str]]]:
+        """The output's link, and how to get a fresh one from the job."""
         job_id = job.id if isinstance(job, Job) else job
         converted = output.to_output() if isinstance(output, OutputAsset) else output
         if converted is None:
@@ -328,9 +350,7 @@ class LegacyClient(ServiceClient):
                 f"job {job_id} no longer lists output {converted.filename!r}"
             )
 
-        return await self._fetch_link(
-            converted.link, destination, refresh, checksum=checksum, progress=progress
-        )
+        return converted.link, refresh
 
     async def download(
         self,

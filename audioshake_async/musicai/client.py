@@ -6,6 +6,7 @@ import builtins
 import contextlib
 import os
 import pathlib
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 import anyio
@@ -24,6 +25,7 @@ from ..core.http import (
 )
 from ..core.ratelimit import Limiter
 from ..core.service import ServiceClient, download_all, fresh_link_from, secret_from
+from ..core.sink import OutputWriter, StoredOutput
 from ..core.upload import ChunkedPayload, ProgressCallback, prepare_upload
 from ..models import Output
 from .files import check_upload, extension_from_content_type, extension_from_url
@@ -196,7 +198,28 @@ class MusicAI(ServiceClient):
         progress: DownloadProgress | None = None,
     ) -> DownloadedFile:
         """Download one output atomically; an expired URL (403) is refreshed via the job."""
+        return await self._fetch_link(
+            output.link,
+            destination,
+            self._refresher(job_id, output),
+            checksum=checksum,
+            progress=progress,
+        )
 
+    async def write_output(
+        self,
+        job_id: str,
+        output: Output,
+        writer: OutputWriter,
+        *,
+        progress: DownloadProgress | None = None,
+    ) -> StoredOutput:
+        """Stream one output into ``writer`` (a file, an S3 upload...) and commit it."""
+        return await self._stream_link(
+            output.link, writer, self._refresher(job_id, output), progress=progress
+        )
+
+    def _refresher(self, job_id: str, output: Output) -> Callable[[], Awaitable[str]]:
         async def refresh() -> str:
             async def lookup() -> str | None:
                 return (await self.jobs.get(job_id)).files.get(output.name)
@@ -204,9 +227,7 @@ class MusicAI(ServiceClient):
             missing = f"job {job_id} no longer lists output {output.name!r}"
             return await fresh_link_from(lookup, self._transport.retry, missing)
 
-        return await self._fetch_link(
-            output.link, destination, refresh, checksum=checksum, progress=progress
-        )
+        return refresh
 
     async def download(
         self,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -14,6 +14,7 @@ from ..core.files import plan_output_paths
 from ..core.http import DEFAULT_MAX_JSON_BYTES, DEFAULT_RATE_LIMIT, PollPolicy, RetryPolicy
 from ..core.ratelimit import Limiter
 from ..core.service import ServiceClient, download_all, fresh_link_from, secret_from
+from ..core.sink import OutputWriter, StoredOutput
 from ..models import Output, Target, Task
 from .resources import AssetsResource, ModelsResource, TasksResource, WebhooksResource
 from .wire import DEFAULT_BASE_URL
@@ -96,6 +97,29 @@ class AudioShake(ServiceClient):
         progress: DownloadProgress | None = None,
     ) -> DownloadedFile:
         """Download one output to ``destination`` atomically; an expired link is refreshed."""
+        return await self._fetch_link(
+            output.link,
+            destination,
+            self._refresher(task, output),
+            checksum=checksum,
+            progress=progress,
+        )
+
+    async def write_output(
+        self,
+        task: Task,
+        output: Output,
+        writer: OutputWriter,
+        *,
+        progress: DownloadProgress | None = None,
+    ) -> StoredOutput:
+        """Stream one output into ``writer`` (a file, an S3 upload...) and commit it."""
+        return await self._stream_link(
+            output.link, writer, self._refresher(task, output), progress=progress
+        )
+
+    def _refresher(self, task: Task, output: Output) -> Callable[[], Awaitable[str]]:
+        """A fresh link of ``output`` from ``GET /tasks/{id}`` (links expire after an hour)."""
         wanted = (output.name, output.format)
         # Two targets can each have an output of the same name and format (vocals and a
         # high-quality variant): the fresh link must come from this output's own target.
@@ -120,9 +144,7 @@ class AudioShake(ServiceClient):
             missing = f"task {task.id} no longer lists output {output.filename!r}"
             return await fresh_link_from(lookup, self._transport.retry, missing)
 
-        return await self._fetch_link(
-            output.link, destination, refresh, checksum=checksum, progress=progress
-        )
+        return refresh
 
     async def download(
         self,
