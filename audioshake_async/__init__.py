@@ -10,9 +10,11 @@ Quick start::
 """
 
 from ._version import __version__
-from .core.download import DownloadedFile
+from .core.download import DownloadedFile, DownloadLimits
 from .core.http import PollPolicy, RetryPolicy
 from .core.logs import configure_from_env as _configure_from_env
+from .core.ratelimit import Limiter
+from .core.ratelimit_pg import PostgresRateLimiter
 from .errors import (
     AmbiguousRequestError,
     APIConnectionError,
@@ -24,6 +26,8 @@ from .errors import (
     ConfigurationError,
     DownloadError,
     InsufficientCreditsError,
+    JournalBusyError,
+    JournalError,
     NotFoundError,
     PayloadTooLargeError,
     PermissionDeniedError,
@@ -62,8 +66,12 @@ __all__ = [
     "BadRequestError",
     "ConfigurationError",
     "DownloadError",
+    "DownloadLimits",
     "DownloadedFile",
     "InsufficientCreditsError",
+    "JournalBusyError",
+    "JournalError",
+    "Limiter",
     "Model",
     "ModelInput",
     "NotFoundError",
@@ -71,6 +79,7 @@ __all__ = [
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "PollPolicy",
+    "PostgresRateLimiter",
     "RateLimitError",
     "ResponseParseError",
     "RetryPolicy",

@@ -9,6 +9,7 @@ import logging
 import os
 import pathlib
 import pickle
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -259,3 +260,36 @@ def test_every_error_survives_pickling_with_its_fields() -> None:
     task = Task(id="t2", targets=())
     failed = pickle.loads(pickle.dumps(errors.TaskFailedError(task)))
     assert failed.task.id == "t2"
+
+
+def test_readme_synopsis_names_every_option_of_every_command() -> None:
+    import argparse
+
+    from audioshake_async.cli.parser import build_parser
+
+    readme = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
+    synopsis = readme.split("## The command line", 1)[1].split("```", 2)[1]
+    commands = next(
+        action
+        for action in build_parser()._actions
+        if isinstance(action, argparse._SubParsersAction)
+    )
+    missing = []
+    for name, sub in commands.choices.items():
+        lines = [line for line in synopsis.splitlines() if line.strip()]
+        start = next(
+            (i for i, line in enumerate(lines) if line.startswith(f"audioshake-async {name}")),
+            None,
+        )
+        assert start is not None, f"{name} is not in the README's synopsis"
+        end = next(
+            (i for i in range(start + 1, len(lines)) if lines[i].startswith("audioshake-async")),
+            len(lines),
+        )
+        block = "\n".join(lines[start:end])
+        for action in sub._actions:
+            flags = [f for f in action.option_strings if f not in ("-h", "--help")]
+            shown = [f for f in flags if re.search(re.escape(f) + r"(?![\w-])", block)]
+            if flags and not shown:
+                missing.append(f"{name} {flags[-1]}")
+    assert missing == []

@@ -57,8 +57,10 @@ class WatchState:
     next_due: float = 0.0
     polls: int = 0
     last_read_ok: float = 0.0
-    #: A delivery arrived since the last read began: read again at once, not at the next poll.
-    hinted: bool = False
+    #: (target id, status) pairs deliveries announced that no read has confirmed yet.
+    hint_keys: frozenset[tuple[str, str]] = frozenset()
+    #: Reads since the last delivery that did not show its change (stale or forged).
+    hint_tries: int = 0
     unsubscribe: Callable[[], None] | None = None
 
 
@@ -69,8 +71,13 @@ class Item:
     display: str
     source: str
     is_url: bool
+    #: Local output directory (disk sink); for another sink, the item's relative directory.
     directory: pathlib.Path
     journal: ItemJournal
+    #: The output directory's name, relative to the sink's root.
+    dirname: str = ""
+    #: An ``s3://`` input: presigned just before each create, never uploaded.
+    s3: bool = False
     state: ItemState = ItemState.QUEUED
     origin: Origin = Origin.NEW
     size: int | None = None
@@ -91,6 +98,7 @@ class Item:
     dispatched: set[tuple[str, str, str]] = attrs.Factory(set)
     reported_targets: set[str] = attrs.Factory(set)
     files: list[pathlib.Path] = attrs.Factory(list)
+    locations: list[str] = attrs.Factory(list)
     problems: list[str] = attrs.Factory(list)
     #: The first exception that failed the item (for ItemFailed's error_type and retryable).
     failure: BaseException | None = None
@@ -114,11 +122,16 @@ class Item:
 
 @attrs.define(eq=False)
 class DownloadJob:
-    """One output of one item, to be written at ``path``."""
+    """One output of one item, to be written as ``name`` in the item's output directory."""
 
     item: Item
     output: Output
-    path: pathlib.Path
+    name: str
+
+    @property
+    def relative(self) -> str:
+        """The output's name relative to the sink's root."""
+        return f"{self.item.dirname}/{self.name}"
 
 
 def is_url(value: str) -> bool:

@@ -1,4 +1,13 @@
-"""One loop that refreshes every task in flight: single reads or list pages, and hints."""
+"""One loop that refreshes every task in flight: single reads or list pages, and hints.
+
+A webhook delivery is a hint: it names (target, status) pairs that a read must confirm. A
+delivery showing targets still running waits ``options.hint_coalesce`` seconds for their deliveries
+(each target has its own), so one read usually confirms the whole task; hints due together
+ride on list pages. A read that does not show a hinted change (stale snapshots are documented;
+a forged delivery never shows) is repeated with backoff, ``HINT_RETRIES`` times, then the task
+falls back to the safety poll. Every read is reported to the receiver, which deduplicates
+confirmed changes only.
+"""
 
 from __future__ import annotations
 
@@ -49,8 +58,27 @@ class Stages(Protocol):
         """Create again a task that is gone."""
 
 
-#: Errors after which reading a task again cannot help.
-_REFUSED = (errors.AuthenticationError, errors.PermissionDeniedError, errors.BadRequestError)
+#: Backoff of the reads that did not (yet) show a delivery's change: 0.25, 0.5, 1, 2, 4, 8 s.
+HINT_RETRY_BASE = 0.25
+HINT_RETRY_MAX = 8.0
+HINT_RETRIES = 6
+
+
+def _terminal_keys(task: Task | None) -> frozenset[tuple[str, str]]:
+    if task is None:
+        return frozenset()
+    return frozenset((t.id, t.status) for t in task.targets if t.is_terminal)
+
+
+#: Errors after which reading a task again cannot help. An answer too large or too deep to
+#: parse is one: the item fails at once (a rerun resumes the task) instead of re-reading a
+#: hostile answer until the unreachable timeout.
+_REFUSED = (
+    errors.AuthenticationError,
+    errors.PermissionDeniedError,
+    errors.BadRequestError,
+    errors.ResponseParseError,
+)
 
 
 class Watcher:
@@ -83,19 +111,31 @@ class Watcher:
         receiver = self.pipeline.options.webhooks
         if receiver is not None:
             task_id = item.task_id
-            item.watch.unsubscribe = receiver.subscribe(task_id, lambda _: self.hint(task_id))
+            item.watch.unsubscribe = receiver.subscribe(
+                task_id, lambda delivery: self.hint(task_id, delivery)
+            )
         self._wake.set()
 
-    def hint(self, task_id: str) -> None:
-        """A delivery says the task changed: confirm it with a GET as soon as possible."""
+    def hint(self, task_id: str, delivery: Task | None = None) -> None:
+        """A delivery says the task changed: confirm it with a read soon.
+
+        Its news (pairs no read has shown) is remembered even when a read is due or in flight:
+        that read may have been answered before the change. A delivery that still shows running
+        targets waits a little for theirs, so one read confirms them all.
+        """
         item = self.pending.get(task_id)
         if item is None or item.finished:
             return
-        # Remembered even when a read is due or in flight: that read may have been answered
-        # before this delivery's change, and the next regular read is a safety poll away.
-        item.watch.hinted = True
-        if item.watch.next_due > time.monotonic():
-            self._schedule_at(item, time.monotonic())
+        announced = _terminal_keys(delivery) if delivery is not None else frozenset()
+        news = announced - _terminal_keys(item.task)
+        if delivery is not None and not news:
+            return  # nothing a read has not shown already
+        item.watch.hint_keys |= news
+        item.watch.hint_tries = 0
+        coalesce = delivery is not None and not delivery.is_done
+        due = time.monotonic() + (self.pipeline.options.hint_coalesce if coalesce else 0.0)
+        if item.watch.next_due > due:
+            self._schedule_at(item, due)
             self._wake.set()
 
     def _interval(self, item: Item) -> float:
@@ -194,8 +234,6 @@ class Watcher:
     async def _refresh(self, due: list[Item], *, by_list: bool) -> None:
         if not due:
             return
-        for item in due:
-            item.watch.hinted = False  # a delivery from now on needs a read after this one
         options = self.pipeline.options
         provider = self.pipeline.provider
         snapshots: dict[str, Task] = {}
@@ -277,10 +315,11 @@ class Watcher:
     async def _refresh_by_list(self, wanted: set[str], pages_estimate: int) -> dict[str, Task]:
         found: dict[str, Task] = {}
         page_size = self.pipeline.provider.page_size
+        source = self.pipeline.options.listing or self.pipeline.provider
         skip = 0
         for _ in range(max(3, 2 * pages_estimate)):
             try:
-                page = await self.pipeline.provider.page(skip=skip, take=page_size)
+                page = await source.page(skip=skip, take=page_size)
             except errors.AudioShakeError as exc:
                 logger.info("list refresh failed (%s); falling back to single gets", exc)
                 break
@@ -304,7 +343,21 @@ class Watcher:
     def _reschedule(self, item: Item) -> None:
         assert item.task_id is not None
         item.watch.polls += 1
-        self._schedule_at(item, time.monotonic() if item.watch.hinted else self._next_due(item))
+        watch = item.watch
+        if watch.hint_keys and watch.hint_tries < HINT_RETRIES:
+            # The read did not show what a delivery announced: a stale snapshot, most likely.
+            watch.hint_tries += 1
+            delay = min(HINT_RETRY_MAX, HINT_RETRY_BASE * 2 ** (watch.hint_tries - 1))
+            self._schedule_at(item, time.monotonic() + delay * (0.75 + 0.5 * random.random()))
+            return
+        if watch.hint_keys:
+            logger.info(
+                "task %s: a delivery was not confirmed by %d reads; back to the safety poll",
+                item.task_id,
+                HINT_RETRIES,
+            )
+            watch.hint_keys = frozenset()
+        self._schedule_at(item, self._next_due(item))
 
     async def _absorb(self, item: Item, snapshot: Task) -> bool:
         """Take in a snapshot; dispatch new outputs; True when the item left the watch."""
@@ -313,6 +366,11 @@ class Watcher:
         item.task = merge_task_snapshot(
             item.task if item.task is not None and item.task.id == snapshot.id else None, snapshot
         )
+        if item.watch.hint_keys:
+            item.watch.hint_keys -= _terminal_keys(item.task)
+        receiver = self.pipeline.options.webhooks
+        if receiver is not None:
+            receiver.confirm(snapshot)
         jobs = self.pipeline.plan_downloads(item, item.task)
         for job in jobs:
             assert self.downloads is not None

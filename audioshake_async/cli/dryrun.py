@@ -24,6 +24,7 @@ from ..batch.items import is_url
 from ..batch.journal import ItemRecord, journal_key
 from ..batch.seam import BatchProvider
 from ..models import Target
+from ..storage.s3 import is_s3_uri
 from .parser import EXIT_OK, selected
 from .providers import JOURNAL_NAME, open_provider
 
@@ -95,6 +96,10 @@ async def _plan(
     value: str,
     retry_failed: bool,
 ) -> str:
+    if is_s3_uri(value):
+        # Never uploaded: the service reads it through a presigned URL (a prefix is listed
+        # when the run starts; listing it here would be a request).
+        return "create from s3 (presigned URL)"
     url = is_url(value)
     # The journal keys inputs by absolute path, as the pipeline does.
     source = value if url else os.path.abspath(value)  # noqa: ASYNC240 - string work only

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -86,7 +87,11 @@ def main(
         print(f"try '{exc.prog} --help'", file=err)
         return EXIT_USAGE
     if args.command is None:
-        print("audioshake-async: error: give a command: run, models, emulator or migrate", file=err)
+        print(
+            "audioshake-async: error: give a command: run, submit, worker, status, audit, "
+            "models, emulator or migrate",
+            file=err,
+        )
         print("try 'audioshake-async --help'", file=err)
         return EXIT_USAGE
     level = _level(args)
@@ -105,6 +110,10 @@ def _dispatch(
             return migrate_command(args, out, err)
         if args.command == "run":
             return asyncio.run(_terminable(run_command(args, out, err, logs)))
+        if args.command in ("submit", "worker", "status", "audit"):
+            from .cluster import cluster_command
+
+            return asyncio.run(cluster_command(args, out, err, logs))
         return asyncio.run(_terminable(models_command(args, out)))
     except UsageError as exc:
         print(f"audioshake-async: error: {exc}", file=err)
@@ -113,6 +122,10 @@ def _dispatch(
         print(f"audioshake-async: error: {exc}", file=err)
         return EXIT_USAGE
     except errors.ConfigurationError as exc:
+        print(f"audioshake-async: error: {exc}", file=err)
+        return EXIT_USAGE
+    except errors.JournalBusyError as exc:
+        # Another run holds the journal: running beside it could bill the same work twice.
         print(f"audioshake-async: error: {exc}", file=err)
         return EXIT_USAGE
     except errors.AudioShakeError as exc:
@@ -124,3 +137,27 @@ def _dispatch(
     except Terminated:
         print("audioshake-async: terminated; re-run the same command to resume", file=err)
         return EXIT_TERMINATED
+
+
+def entry() -> None:
+    """The console script and ``python -m audioshake_async``: run :func:`main`, then exit."""
+    exit_process(main())
+
+
+def exit_process(status: int) -> None:
+    """Exit with ``status``; after S3 work, without interpreter finalization.
+
+    obstore 0.12 (the S3 extra) can abort the interpreter while it finalizes after multipart
+    uploads (SIGABRT, exit status 134, with every output already committed): a batch that
+    succeeded must not report a crash. Once obstore is loaded, the streams are flushed and the
+    process ends with ``os._exit``; the journal is closed by then (``run_batch`` closes it).
+    """
+    if "obstore" not in sys.modules:
+        raise SystemExit(status)
+    import os
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(status)

@@ -7,75 +7,50 @@ import fnmatch
 import os
 import pathlib
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any
 
 from .._version import __version__
 from ..models import MAX_TARGETS_PER_TASK, Model, Target
-from ..tasks import ENV_API_KEY
+from .options import (
+    PROVIDERS,
+    ArgumentsError,
+    UsageError,
+    _exclude,
+    _include,
+    _Parser,
+    _size,
+    add_s3_options,
+    add_target_options,
+    add_transport_arguments,
+    connection_options,
+    diagnostics_options,
+)
+
+__all__ = [
+    "EXIT_ITEMS_FAILED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "PROVIDERS",
+    "ArgumentsError",
+    "UsageError",
+    "add_cluster_commands",
+    "add_s3_options",
+    "add_target_options",
+    "add_transport_arguments",
+    "build_parser",
+    "check_against_catalog",
+    "check_inputs_exist",
+    "check_out_dir",
+    "connection_options",
+    "diagnostics_options",
+    "parse_targets",
+    "selected",
+    "targets_from_args",
+]
 
 EXIT_OK = 0
 EXIT_ITEMS_FAILED = 1
 EXIT_USAGE = 2
-
-PROVIDERS = ("audioshake", "legacy", "musicai")
-
-
-class UsageError(Exception):
-    """A problem with the command line or configuration (exit status 2)."""
-
-
-class ArgumentsError(UsageError):
-    """A command line argparse refused; ``prog`` is the (sub)command whose ``--help`` helps."""
-
-    def __init__(self, message: str, prog: str) -> None:
-        super().__init__(message)
-        self.prog = prog
-
-
-class _Parser(argparse.ArgumentParser):
-    # argparse's own error() prints the whole usage block to sys.stderr and exits; the CLI
-    # wants one line on its own stream (and subparsers inherit this class from the parent).
-    def error(self, message: str) -> NoReturn:
-        raise ArgumentsError(message, self.prog)
-
-
-def diagnostics_options() -> _Parser:
-    """``-v/--verbose`` and ``--debug``: a parent parser any subcommand can include."""
-    parent = _Parser(add_help=False)
-    group = parent.add_argument_group("diagnostics")
-    group.add_argument(
-        "-v",
-        "--verbose",
-        action="store_true",
-        help="log retries, backoff waits, rate-limit pauses, link refreshes, token lookups",
-    )
-    group.add_argument(
-        "--debug", action="store_true", help="also log every request (route, status, time)"
-    )
-    return parent
-
-
-def connection_options() -> _Parser:
-    """``--api-key``, ``--base-url``, ``--emulator``: shared by every command that calls a
-    service (run, models, and commands added later)."""
-    parent = _Parser(add_help=False)
-    group = parent.add_argument_group("service")
-    group.add_argument("--api-key", help=f"API key (default: ${ENV_API_KEY})")
-    group.add_argument("--base-url", help="API base URL (default: $AUDIOSHAKE_BASE_URL or the API)")
-    group.add_argument(
-        "--emulator",
-        action="store_true",
-        help="start the embedded emulator and run against it (no key needed)",
-    )
-    return parent
-
-
-def _include(pattern: str) -> tuple[str, str]:
-    return ("include", pattern)
-
-
-def _exclude(pattern: str) -> tuple[str, str]:
-    return ("exclude", pattern)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,35 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
         "inputs",
         nargs="+",
         metavar="INPUT",
-        help="audio file, directory (recursive), https:// URL, or - for paths on stdin",
+        help="audio file, directory (recursive), https:// URL, s3://bucket/key, "
+        "s3://bucket/prefix/ (every input under it), or - for paths on stdin",
     )
+    add_target_options(run)
     run.add_argument(
-        "-m",
-        "--model",
-        action="append",
-        metavar="MODEL[:VARIANT]",
-        help="model to run (repeatable), e.g. vocals, instrumental:high_quality",
+        "-o",
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output directory, or s3://bucket/prefix (needs --journal)",
     )
-    run.add_argument(
-        "-f",
-        "--format",
-        action="append",
-        metavar="FMT",
-        help="output format (repeatable; default wav)",
-    )
-    run.add_argument("-o", "--out", required=True, metavar="DIR", help="output directory")
-    run.add_argument(
-        "--provider",
-        choices=PROVIDERS,
-        default="audioshake",
-        help="service: audioshake (Tasks API, default), legacy (Jobs API), musicai",
-    )
-    run.add_argument(
-        "--api",
-        choices=("tasks", "legacy"),
-        help="AudioShake API generation: tasks (default) or legacy (= --provider legacy)",
-    )
-    run.add_argument("--workflow", metavar="SLUG", help="Music.AI workflow (--provider musicai)")
+    add_s3_options(run)
     run.add_argument(
         "--webhook-listen",
         metavar="HOST:PORT",
@@ -143,8 +101,6 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not call POST /webhooks: print the URL to set in the dashboard instead",
     )
-    run.add_argument("--residual", action="store_true", help="also produce <model>_residual")
-    run.add_argument("--language", metavar="L", help="language for transcription/alignment")
     run.add_argument(
         "--concurrency",
         type=int,
@@ -161,7 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     journal = run.add_mutually_exclusive_group()
     journal.add_argument(
-        "--journal", metavar="PATH", help="resume journal (default OUT/.audioshake-journal.sqlite)"
+        "--journal",
+        metavar="PATH|POSTGRESQL_URL",
+        help="resume journal (default OUT/.audioshake-journal.sqlite); a postgresql:// URL "
+        "makes the run a batch other workers can join",
     )
     journal.add_argument(
         "--no-journal", action="store_true", help="do not keep a journal (a re-run starts over)"
@@ -209,8 +168,37 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="R",
         help="API requests per second at most (default 60, the account limit)",
     )
+    add_transport_arguments(run)
+    download = run.add_argument_group("download bounds (against a misbehaving server)")
+    download.add_argument(
+        "--max-download-size",
+        dest="max_bytes",
+        type=_size,
+        metavar="BYTES",
+        help="refuse an output larger than this (suffixes K, M, G; default 4G)",
+    )
+    download.add_argument(
+        "--speed-limit",
+        dest="low_speed_limit",
+        type=float,
+        metavar="BPS",
+        help="with --speed-time: slower than BPS bytes/s is a stalled download (default 1024)",
+    )
+    download.add_argument(
+        "--speed-time",
+        dest="low_speed_time",
+        type=float,
+        metavar="S",
+        help="seconds below --speed-limit before a download attempt is retried (default 60)",
+    )
     run.add_argument("--json", action="store_true", help="print one JSON summary at the end")
     run.add_argument("--quiet", action="store_true", help="no progress display")
+
+    run.add_argument(
+        "--batch", metavar="NAME", help="batch name with a postgresql:// --journal (default: OUT)"
+    )
+
+    add_cluster_commands(commands, diagnostics)
 
     models = commands.add_parser(
         "models",
@@ -218,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="list the models available to the account",
     )
     models.add_argument("--json", action="store_true", help="print the catalog as JSON")
+    add_transport_arguments(models)
 
     commands.add_parser("emulator", help="run the local AudioShake emulator", add_help=False)
 
@@ -230,6 +219,115 @@ def build_parser() -> argparse.ArgumentParser:
     )
     migrate.add_argument("file", metavar="FILE.json", help="legacy job requests (- for stdin)")
     return parser
+
+
+def _journal_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--journal", required=True, metavar="POSTGRESQL_URL", help="postgresql://user@host/db"
+    )
+    parser.add_argument("--batch", required=True, metavar="NAME", help="the batch's name")
+
+
+def _service_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--api-key", help="API key (default: the service's environment variable)")
+    parser.add_argument("--base-url", help="API base URL (default: the service's)")
+    parser.add_argument(
+        "--rate-limit",
+        type=float,
+        default=60.0,
+        metavar="R",
+        help="API requests/s at most, for all the workers of the account together (60)",
+    )
+
+
+def add_cluster_commands(commands: Any, diagnostics: argparse.ArgumentParser) -> None:
+    """Add ``submit``, ``worker``, ``status`` and ``audit`` to the subcommands (each takes the
+    ``diagnostics`` parent: ``-v/--verbose`` and ``--debug``)."""
+    sub = commands.add_parser(
+        "submit",
+        parents=[diagnostics],
+        help="register a batch and its inputs in a PostgreSQL journal (idempotent)",
+        description="Register the batch NAME (models, formats, output directory) and its "
+        "inputs; submitting again adds only new inputs. Workers then process it.",
+    )
+    sub.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="file, directory, https:// URL, s3://bucket/key or s3://bucket/prefix/",
+    )
+    _journal_options(sub)
+    add_target_options(sub)
+    sub.add_argument(
+        "-o",
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output directory every worker reaches, or s3://bucket/prefix",
+    )
+    add_s3_options(sub)
+    _service_options(sub)
+
+    worker = commands.add_parser(
+        "worker",
+        parents=[diagnostics],
+        help="claim and process a batch's items until none is left (run it N times)",
+        description="Exit 0 when the batch has nothing left (1 if items failed, 3 if a lease "
+        "was lost: restart it); SIGTERM stops it cleanly, its leases released.",
+    )
+    _journal_options(worker)
+    _service_options(worker)
+    worker.add_argument("--concurrency", type=int, default=4, metavar="N", help="uploads at once")
+    worker.add_argument(
+        "--max-in-flight", type=int, default=1000, metavar="N", help="tasks waited on at once"
+    )
+    worker.add_argument(
+        "--lease", type=float, default=120.0, metavar="S", help="claim lease seconds (120)"
+    )
+    worker.add_argument(
+        "--request-timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds an API call may take (60); POST /tasks is sent only with this much "
+        "lease left, plus a margin",
+    )
+    worker.add_argument("--timeout", type=float, metavar="S", help="give up on a task after S")
+    worker.add_argument(
+        "--local-rate-limit",
+        action="store_true",
+        help="enforce --rate-limit in this process only (default: one budget shared by every "
+        "worker of the account, kept in the journal's database)",
+    )
+    worker.add_argument("--json", action="store_true", help="print one JSON summary at the end")
+    worker.add_argument("--quiet", action="store_true", help="no progress display")
+
+    status = commands.add_parser(
+        "status", parents=[diagnostics], help="a batch's counts, workers alive and failures"
+    )
+    _journal_options(status)
+    status.add_argument("--json", action="store_true", help="print JSON")
+
+    audit = commands.add_parser(
+        "audit",
+        parents=[diagnostics],
+        help="list tasks of the account that share a client token (double billing)",
+    )
+    _journal_options(audit)
+    _service_options(audit)
+
+
+def targets_from_args(args: argparse.Namespace) -> list[Target]:
+    """The targets the options ask for (``--provider``/``--api`` settled first)."""
+    if args.api == "legacy":
+        args.provider = "legacy"
+    if args.provider == "musicai":
+        if not args.workflow:
+            raise UsageError("--provider musicai needs --workflow SLUG")
+        return [Target(args.workflow, ("auto",))]
+    if not args.model:
+        raise UsageError("give at least one model with -m/--model")
+    return parse_targets(args.model, args.format, residual=args.residual, language=args.language)
 
 
 def parse_targets(
