@@ -3,7 +3,11 @@
 Stages, each with its own bound, joined by bounded anyio memory streams (so a slow stage holds
 back the ones before it and a million-item input is read lazily):
 
-    admit -> upload (4) -> create (16) -> watch (<= max_in_flight tasks) -> download (8) -> results
+    admit -> upload (4..64) -> create (16..64) -> watch (the window) -> download (8) -> results
+
+The window (items admitted and not finished) follows Little's law: the creation rate the
+request budget allows times the time a task spends in flight (``batch/window.py``); upload and
+create concurrency grow while latency holds (the network and the budget have room).
 
 - admit: stat the input, consult the journal, decide where the item enters (skip when done,
   watch when its task exists, create when a fresh asset exists, else upload);
@@ -11,9 +15,10 @@ back the ones before it and a million-item input is read lazily):
 - create: write an intent with a client token (carried in ``metadata``) to the journal, then
   ``POST /tasks``; an ambiguous failure is resolved by finding the token among recent tasks
   before creating again, so no work is billed twice;
-- watch: one loop refreshes every task in flight through the client's rate limiter, with
-  per-task backoff, by ``GET /tasks`` pages when that costs fewer requests than one
-  ``GET /tasks/{id}`` each; each target's outputs go to download as soon as it completes;
+- watch: one loop refreshes every task in flight through the client's rate limiter: by
+  ``GET /tasks`` sweeps on the interval the poll share of the budget allows when that costs
+  fewer requests than one ``GET /tasks/{id}`` each, else per-task reads with backoff; each
+  target's outputs go to download as soon as it completes;
 - download: stream each output to ``<out_dir>/<input stem>/<name>.<format>`` atomically.
 
 One item's failure is recorded and reported as a result; it never stops the batch.
@@ -80,9 +85,9 @@ async def _iterate(inputs: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[
 
 
 async def _run_pipeline(pipeline: Pipeline, inputs: Iterable[Any] | AsyncIterable[Any]) -> None:
-    options = pipeline.options
-    upload_send, upload_recv = anyio.create_memory_object_stream[Item](options.upload_concurrency)
-    create_send, create_recv = anyio.create_memory_object_stream[Item](options.create_concurrency)
+    options, flow = pipeline.options, pipeline.flow
+    upload_send, upload_recv = anyio.create_memory_object_stream[Item](flow.uploads.initial)
+    create_send, create_recv = anyio.create_memory_object_stream[Item](flow.creates.initial)
     download_send, download_recv = anyio.create_memory_object_stream[DownloadJob](
         options.download_concurrency * 2
     )
@@ -90,7 +95,7 @@ async def _run_pipeline(pipeline: Pipeline, inputs: Iterable[Any] | AsyncIterabl
     async def feed() -> None:
         async with upload_send, create_send:
             async for raw in _iterate(inputs):
-                await pipeline.in_flight.acquire()
+                await flow.admit()
                 await pipeline.admit(raw, upload_send, create_send)
 
     async def creators(inboxes: list[MemoryObjectReceiveStream[Item]]) -> None:
@@ -98,21 +103,29 @@ async def _run_pipeline(pipeline: Pipeline, inputs: Iterable[Any] | AsyncIterabl
             for inbox in inboxes:
                 inner.start_soon(pipeline.create_worker, inbox)
         # Every task is handed over: the watcher may stop once the last one finishes.
+        flow.creates_ended()
         pipeline.watcher.close()
 
     pipeline.watcher.downloads = download_send
-    async with pipeline.results, anyio.create_task_group() as group:  # noqa: SIM117
-        # The original receive ends close as soon as the workers hold their clones.
-        async with upload_recv, create_recv, download_recv:
-            group.start_soon(feed)
-            for _ in range(options.upload_concurrency):
-                group.start_soon(pipeline.upload_worker, upload_recv.clone(), create_send.clone())
-            group.start_soon(
-                creators, [create_recv.clone() for _ in range(options.create_concurrency)]
-            )
-            group.start_soon(pipeline.watcher.run)
-            for _ in range(options.download_concurrency):
-                group.start_soon(pipeline.download_worker, download_recv.clone())
+    async with pipeline.results:
+        async with anyio.create_task_group() as group:  # noqa: SIM117
+            # The original receive ends close as soon as the workers hold their clones.
+            async with upload_recv, create_recv, download_recv:
+                group.start_soon(feed)
+                # As many workers as the gates may ever let through; the gates set how many.
+                for _ in range(flow.upload_workers):
+                    group.start_soon(
+                        pipeline.upload_worker, upload_recv.clone(), create_send.clone()
+                    )
+                group.start_soon(
+                    creators, [create_recv.clone() for _ in range(flow.create_workers)]
+                )
+                group.start_soon(pipeline.watcher.run)
+                for _ in range(options.download_concurrency):
+                    group.start_soon(pipeline.download_worker, download_recv.clone())
+        final = flow.update(final=True)
+        assert final is not None
+        pipeline.emit(final)
 
 
 async def run_batch(

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import json
 import logging
 import pathlib
+import urllib.parse
 import uuid
-from collections.abc import (
-    Callable,
-)
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import attrs
 
@@ -126,12 +127,38 @@ def is_url(value: str) -> bool:
 def stem_of(source: str, is_url: bool) -> str:
     """The output directory name of an input: its file name without extension, made safe."""
     if is_url:
-        tail = source.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+        tail = source.split("?", 1)[0].split("#", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+        # Decoded (``Song%20Two.wav`` -> ``Song Two``), then made safe: a decoded ``%2F`` or
+        # control character cannot leave the output directory or break a name.
+        tail = urllib.parse.unquote(tail)
         stem = tail.rsplit(".", 1)[0] if "." in tail else tail
         return safe_filename(
             stem, fallback="url-" + hashlib.sha256(source.encode()).hexdigest()[:8]
         )
     return safe_filename(pathlib.Path(source).stem, fallback="input")
+
+
+def task_metadata(item: Item, token: str, extra: Mapping[str, Any] | None, limit: int) -> str:
+    """The task's ``metadata``: the user's fields, the client token and the input's name,
+    falling back to the token alone when longer than the provider's ``limit``."""
+    payload: dict[str, Any] = {**dict(extra or {}), "client_token": token}
+    name = pathlib.PurePosixPath(item.display).name if not item.is_url else item.display
+    payload["input"] = name[:512]
+    text = json.dumps(payload, separators=(",", ":"), sort_keys=True)
+    if len(text) > limit:
+        text = json.dumps({"client_token": token}, separators=(",", ":"))
+    return text
+
+
+def outputs_present(item: Item) -> bool:
+    """Every output the journal knows is on disk at its size (runs in a worker thread)."""
+    for name, output in item.known_outputs.items():
+        try:
+            if (item.directory / name).stat().st_size != output.size:
+                return False
+        except OSError:
+            return False
+    return bool(item.known_outputs)
 
 
 def unique_upload_name(filename: str) -> str:

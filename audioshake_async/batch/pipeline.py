@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import pathlib
 import random
 import time
 import uuid
-from typing import Any
 
 import anyio
 import anyio.abc
@@ -19,11 +17,13 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .. import errors
 from ..core.files import safe_filename
+from ..core.upload import UploadDigest
 from ..models import Target, Task
 from .events import (
     BatchEvent,
     BatchResult,
     FileWritten,
+    FlowUpdate,
     ItemDone,
     ItemFailed,
     ItemQueued,
@@ -34,6 +34,7 @@ from .events import (
     Uploaded,
     UploadProgress,
 )
+from .flow import Flow
 from .items import (
     DownloadJob,
     Item,
@@ -42,7 +43,9 @@ from .items import (
     hash_file,
     is_url,
     missing_formats,
+    outputs_present,
     stem_of,
+    task_metadata,
     unique_upload_name,
 )
 from .journal import AsyncJournal, ItemRecord, OutputRecord, journal_key
@@ -52,6 +55,10 @@ from .seam import BatchProvider
 from .watcher import Watcher
 
 logger = logging.getLogger("audioshake_async.batch")
+
+#: ``POST /tasks`` answered 429 this many times for one item (each after the transport's own
+#: retries and a shrink of the window) before the item fails: a limit that never lifts.
+REFUSALS = 50
 
 
 class Pipeline:
@@ -76,7 +83,10 @@ class Pipeline:
         self.options = options
         self.results = results
         self.poll = options.poll or provider.poll
-        self.in_flight = anyio.Semaphore(options.max_in_flight)
+        rate = options.request_rate or getattr(provider, "request_rate", None)
+        self.flow = Flow(
+            options, rate, sweep_bounds=(self.poll.initial_interval, self.poll.max_interval)
+        )
         self.watcher = Watcher(self)
         self.cwd = os.getcwd()
         # Sources between admission and their result (at most max_in_flight of them): the same
@@ -92,6 +102,10 @@ class Pipeline:
     def emit(self, event: BatchEvent) -> None:
         if self.progress is None:
             return
+        if not isinstance(event, FlowUpdate):
+            update = self.flow.update()
+            if update is not None:
+                self.emit(update)
         try:
             self.progress(event)
         except Exception:
@@ -131,17 +145,7 @@ class Pipeline:
         await self.results.send(
             BatchResult(item.display, status, task, files, error, item.directory)
         )
-        self.in_flight.release()
-
-    def metadata_for(self, item: Item, token: str) -> str:
-        extra = dict(self.options.metadata or {})
-        payload: dict[str, Any] = {**extra, "client_token": token}
-        name = pathlib.PurePosixPath(item.display).name if not item.is_url else item.display
-        payload["input"] = name[:512]
-        text = json.dumps(payload, separators=(",", ":"), sort_keys=True)
-        if len(text) > self.provider.metadata_limit:
-            text = json.dumps({"client_token": token}, separators=(",", ":"))
-        return text
+        self.flow.finished()
 
     # ------------------------------------------------------------------ admit
 
@@ -162,7 +166,7 @@ class Pipeline:
             await self.results.send(
                 BatchResult(display, "skipped", error="the same input is already in this batch")
             )
-            self.in_flight.release()
+            self.flow.finished()
             return
         self.active.add(source)
         stem = stem_of(source, as_url)
@@ -193,7 +197,7 @@ class Pipeline:
             item.known_outputs = {o.filename: o for o in record.outputs}
             item.token, item.task_id = record.token, record.task_id
             item.upload_name = record.upload_name
-            if record.status == "done" and await self._outputs_present(item):
+            if record.status == "done" and await anyio.to_thread.run_sync(outputs_present, item):
                 item.state = ItemState.FINISHED
                 self.active.discard(source)
                 item.files = [item.directory / name for name in sorted(item.known_outputs)]
@@ -201,7 +205,7 @@ class Pipeline:
                 await self.results.send(
                     BatchResult(display, "skipped", None, tuple(item.files), None, item.directory)
                 )
-                self.in_flight.release()
+                self.flow.finished()
                 return
             fresh = (
                 record.asset_uploaded_at is not None
@@ -246,19 +250,6 @@ class Pipeline:
         await item.journal.reset(item.size, item.mtime_ns, item.sha256)
         return None
 
-    async def _outputs_present(self, item: Item) -> bool:
-        def check() -> bool:
-            for name, output in item.known_outputs.items():
-                path = item.directory / name
-                try:
-                    if path.stat().st_size != output.size:
-                        return False
-                except OSError:
-                    return False
-            return bool(item.known_outputs)
-
-        return await anyio.to_thread.run_sync(check)
-
     # ------------------------------------------------------------------ upload
 
     async def upload_worker(
@@ -267,8 +258,15 @@ class Pipeline:
         async with inbox, create:
             async for item in inbox:
                 try:
-                    await self.upload(item)
+                    async with self.flow.upload_gate.hold():
+                        started = time.monotonic()
+                        await self.upload(item)
+                        waiting = inbox.statistics().current_buffer_used > 0
+                        seconds = time.monotonic() - started
+                        self.flow.upload_done(seconds, item.size or 0, demand=waiting)
                 except (errors.AudioShakeError, OSError) as exc:
+                    if isinstance(exc, (errors.APIConnectionError, errors.RateLimitError)):
+                        self.flow.congested("upload")
                     await self.fail(item, exc)
                     continue
                 await create.send(item)
@@ -276,8 +274,6 @@ class Pipeline:
     async def upload(self, item: Item) -> None:
         """Upload the item's file and record the asset."""
         path = pathlib.Path(item.source)
-        if item.sha256 is None and self.options.checksum:
-            item.sha256 = await anyio.to_thread.run_sync(hash_file, path)
         display = item.display
 
         def on_progress(sent: int, total: int) -> None:
@@ -285,20 +281,25 @@ class Pipeline:
 
         if item.upload_name is not None:
             # An earlier run was stopped during this upload: it may have completed.
+            self.flow.upload_requests += 1
             found = await self.provider.find_upload(item.upload_name)
             if found is not None:
                 item.asset_id = found
-                await item.journal.record_asset(
-                    found,
-                    time.time(),
-                    item.sha256,
-                )
+                if item.sha256 is None and self.options.checksum:
+                    # No bytes stream this time: the content is read once, here.
+                    item.sha256 = await anyio.to_thread.run_sync(hash_file, path)
+                await item.journal.record_asset(found, time.time(), item.sha256)
                 self.emit(Uploaded(display, found, item.size or 0, reused=True))
                 return
         item.upload_name = unique_upload_name(path.name)
         await item.journal.record_upload_intent(item.upload_name)
-        asset_id = await self.provider.upload(path, item.upload_name, on_progress)
+        # The input is identified by path, size and mtime until now (the journal's lookup
+        # key); its SHA-256 is computed from the very bytes sent and recorded with the asset.
+        digest = UploadDigest(on_progress)
+        asset_id = await self.provider.upload(path, item.upload_name, digest)
         item.asset_id = asset_id
+        if self.options.checksum:
+            item.sha256 = digest.sha256 or await anyio.to_thread.run_sync(hash_file, path)
         await item.journal.record_asset(asset_id, time.time(), item.sha256)
         self.emit(Uploaded(display, asset_id, item.size or 0))
 
@@ -308,7 +309,11 @@ class Pipeline:
         async with inbox:
             async for item in inbox:
                 try:
-                    await self.create(item)
+                    async with self.flow.create_gate.hold():
+                        started = time.monotonic()
+                        await self.create(item)
+                        waiting = inbox.statistics().current_buffer_used > 0
+                        self.flow.create_done(time.monotonic() - started, demand=waiting)
                 except (errors.AudioShakeError, OSError) as exc:
                     await self.fail(item, exc)
                     continue
@@ -327,9 +332,12 @@ class Pipeline:
         if item.intent_at is None:
             item.intent_at = time.time()
         await item.journal.record_intent(token)
-        metadata = self.metadata_for(item, token)
+        metadata = task_metadata(item, token, self.options.metadata, self.provider.metadata_limit)
         last_error: BaseException | None = None
-        for attempt in range(1, self.options.create_attempts + 1):
+        attempt = refusals = 0
+        while attempt < self.options.create_attempts:
+            attempt += 1
+            self.flow.create_requests += 1
             try:
                 task = await self.provider.create(
                     source=None if item.is_url else item.asset_id,
@@ -337,7 +345,19 @@ class Pipeline:
                     targets=self.targets,
                     metadata=metadata,
                 )
-            except (errors.APIConnectionError, errors.ServerError, errors.RateLimitError) as exc:
+            except errors.RateLimitError as exc:
+                # Refused unprocessed (429, the transport's own retries spent): too much at
+                # once. The window shrinks and this item waits its turn; it is not failed.
+                refusals += 1
+                if refusals > REFUSALS:
+                    raise
+                attempt -= 1
+                self.flow.limit_signal()
+                logger.info("create for %s refused (%s); window shrunk", item.display, exc)
+                await anyio.sleep(self.provider.retry.delay(min(refusals, 8), random.random()))
+                continue
+            except (errors.APIConnectionError, errors.ServerError) as exc:
+                self.flow.congested("create")
                 if isinstance(exc, errors.AmbiguousRequestError) and not (
                     self.provider.supports_listing
                 ):

@@ -130,6 +130,12 @@ class LegacyProvider:
         self._pending: dict[str, Job] = {}
         self._misses: Counter[str] = Counter()
 
+    @property
+    def request_rate(self) -> float | None:
+        """The client's rate limit in requests/s (the batch's budget), None when unlimited."""
+        limiter = self.client.transport.limiter
+        return None if limiter is None else limiter.rate
+
     def __repr__(self) -> str:
         return f"LegacyProvider({self.client!r})"
 
