@@ -204,9 +204,12 @@ class Watcher:
     async def _sweep(self, now: float) -> None:
         """Every task in flight through list pages; the next sweep after the share's interval."""
         flow = self.pipeline.flow
-        interval = flow.polls.sweep_interval(self._pages_estimate(), creating=flow.creating)
-        if self.pipeline.options.webhooks is not None:
-            interval = max(interval, self.pipeline.options.safety_poll)
+        options = self.pipeline.options
+        # With webhooks the deliveries drive the waiting; sweeps are the safety poll.
+        floor = options.safety_poll if options.webhooks is not None else None
+        interval = flow.polls.sweep_interval(
+            self._pages_estimate(), creating=flow.creating, floor=floor
+        )
         self._sweep_every = interval
         self._next_sweep = now + interval
         await self._refresh([i for i in self.pending.values() if not i.finished], by_list=True)

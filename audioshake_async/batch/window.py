@@ -162,34 +162,39 @@ class PollBudget:
             ratio = self.share_creating / self.idle_share
             self._free_at = now + (self._free_at - now) * ratio
 
-    def sweep_interval(self, pages: int, *, creating: bool) -> float:
-        """Seconds between list sweeps of ``pages`` pages that keep within the share."""
+    def sweep_interval(self, pages: int, *, creating: bool, floor: float | None = None) -> float:
+        """Seconds between list sweeps of ``pages`` pages that keep within the share.
+
+        ``floor`` replaces the usual bounds (webhooks: the safety poll, however long)."""
         interval = max(1, pages) / (self.rate * self.share(creating))
+        if floor is not None:
+            return max(floor, interval)
         return min(self.max_interval, max(self.min_interval, interval))
 
 
 class ConcurrencyController:
-    """How many uploads (or creates) at once: grown while demand waits and latency holds.
+    """How many uploads (or creates) at once: hill-climbing on throughput, cut on congestion.
 
-    Latency is measured per unit of work (the caller normalises, e.g. per MiB for uploads).
-    Each round of ``limit`` completions compares its mean with the best seen: near the best
-    and items waiting, the limit grows by a quarter (at least one); well above it (the link or
-    the rate limiter is the bottleneck), it backs off by a tenth. Congestion (429, connection
-    errors) halves it. A fixed controller never moves.
+    Latency is measured per unit of work (the caller normalises, e.g. per MiB for uploads), so
+    by Little's law ``limit / mean latency`` is the stage's throughput. A round is ``limit``
+    completions. At the settled limit a round re-measures the throughput and, with work
+    waiting, probes a quarter higher (at least one more); a probe that raises throughput by
+    5% is kept and the climb goes on, one that does not (the link or the rate limiter is the
+    bottleneck: latency grew with the limit) falls back. Congestion (429, connection errors)
+    halves it. A fixed controller never moves.
     """
 
-    def __init__(
-        self, initial: int, ceiling: int, *, fixed: bool = False, tolerance: float = 1.5
-    ) -> None:
+    def __init__(self, initial: int, ceiling: int, *, fixed: bool = False, gain: float = 1.05):
         if initial < 1 or ceiling < initial:
             raise ValueError("need 1 <= initial <= ceiling")
         self.limit = initial
         self.initial = initial
         self.ceiling = ceiling
         self.fixed = fixed
-        self.tolerance = tolerance
-        self.best: float | None = None
+        self.gain = gain
         self.peak = initial
+        self._settled = initial
+        self._settled_rate: float | None = None
         self._round_total = 0.0
         self._round_count = 0
         self._round_demand = False
@@ -198,26 +203,29 @@ class ConcurrencyController:
         """One completion took ``latency`` (normalised); ``demand``: more work was waiting."""
         if self.fixed:
             return self.limit
-        latency = max(latency, 1e-6)
-        # The best decays slowly so a one-off fast answer does not freeze growth for ever.
-        self.best = latency if self.best is None else min(latency, self.best * 1.02)
-        self._round_total += latency
+        self._round_total += max(latency, 1e-6)
         self._round_count += 1
         self._round_demand = self._round_demand or demand
-        if self._round_count < self.limit:
-            return self.limit
-        mean = self._round_total / self._round_count
-        if mean > 2 * self.tolerance * self.best:
-            self.limit = max(1, math.floor(self.limit * 0.9))
-        elif self._round_demand and mean <= self.tolerance * self.best:
-            self.limit = min(self.ceiling, self.limit + max(1, self.limit // 4))
-        self.peak = max(self.peak, self.limit)
-        self._round_total, self._round_count, self._round_demand = 0.0, 0, False
+        if self._round_count >= self.limit:
+            self._end_round(self.limit * self._round_count / self._round_total)
         return self.limit
+
+    def _end_round(self, throughput: float) -> None:
+        demand = self._round_demand
+        self._round_total, self._round_count, self._round_demand = 0.0, 0, False
+        probing = self.limit != self._settled and self._settled_rate is not None
+        if probing and throughput <= (self._settled_rate or 0.0) * self.gain:
+            self.limit = self._settled  # the probe did not pay: back
+            return
+        self._settled, self._settled_rate = self.limit, throughput
+        if demand and self.limit < self.ceiling:
+            self.limit = min(self.ceiling, self.limit + max(1, self.limit // 4))
+            self.peak = max(self.peak, self.limit)
 
     def congested(self) -> int:
         """The service or the network pushed back: halve (not below one)."""
         if not self.fixed:
             self.limit = max(1, self.limit // 2)
+            self._settled, self._settled_rate = self.limit, None
             self._round_total, self._round_count, self._round_demand = 0.0, 0, False
         return self.limit

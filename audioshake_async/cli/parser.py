@@ -106,16 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--concurrency",
         type=int,
-        default=4,
+        default=None,
         metavar="N",
-        help="uploads at once (downloads: 2N; default 4)",
+        help="uploads at once (downloads: 2N; default: adaptive from 4, downloads 8)",
     )
     run.add_argument(
         "--max-in-flight",
         type=int,
-        default=1000,
+        default=None,
         metavar="N",
-        help="tasks waited on at once (default 1000)",
+        help="tasks waited on at once, at most (default: sized from Little's law, up to 20000)",
     )
     journal = run.add_mutually_exclusive_group()
     journal.add_argument(
