@@ -182,7 +182,7 @@ async def test_gate_resizes_while_tasks_wait() -> None:
         for index in range(4):
             group.start_soon(worker, index)
         await anyio.wait_all_tasks_blocked()
-        assert len(entered) == 1 and gate.held == 1
+        assert len(entered) == 1 and gate.held == 1 and gate.waiting == 3
         gate.resize(3)
         await anyio.wait_all_tasks_blocked()
         assert len(entered) == 3
@@ -193,7 +193,7 @@ async def test_gate_resizes_while_tasks_wait() -> None:
         gate.release()
         gate.release()
         await anyio.wait_all_tasks_blocked()
-        assert len(entered) == 4
+        assert len(entered) == 4 and gate.waiting == 0
 
 
 # --------------------------------------------------------------------------- URL names

@@ -35,6 +35,8 @@ class Gate:
     def __init__(self, limit: int) -> None:
         self.limit = max(1, limit)
         self.held = 0
+        #: Tasks blocked in :meth:`acquire` (work waiting for room: demand).
+        self.waiting = 0
         self._changed = anyio.Event()
 
     def _notify(self) -> None:
@@ -58,8 +60,12 @@ class Gate:
                 self.held += 1
                 return
             changed = self._changed
-            with anyio.move_on_after(1.0 if refresh is not None else math.inf):
-                await changed.wait()
+            self.waiting += 1
+            try:
+                with anyio.move_on_after(1.0 if refresh is not None else math.inf):
+                    await changed.wait()
+            finally:
+                self.waiting -= 1
 
     def release(self) -> None:
         """Give the room back."""

@@ -261,7 +261,10 @@ class Pipeline:
                     async with self.flow.upload_gate.hold():
                         started = time.monotonic()
                         await self.upload(item)
-                        waiting = inbox.statistics().current_buffer_used > 0
+                        # Demand: items queued, or held by workers waiting for the gate.
+                        waiting = self.flow.upload_gate.waiting > 0 or bool(
+                            inbox.statistics().current_buffer_used
+                        )
                         seconds = time.monotonic() - started
                         self.flow.upload_done(seconds, item.size or 0, demand=waiting)
                 except (errors.AudioShakeError, OSError) as exc:
@@ -312,7 +315,9 @@ class Pipeline:
                     async with self.flow.create_gate.hold():
                         started = time.monotonic()
                         await self.create(item)
-                        waiting = inbox.statistics().current_buffer_used > 0
+                        waiting = self.flow.create_gate.waiting > 0 or bool(
+                            inbox.statistics().current_buffer_used
+                        )
                         self.flow.create_done(time.monotonic() - started, demand=waiting)
                 except (errors.AudioShakeError, OSError) as exc:
                     await self.fail(item, exc)
