@@ -75,9 +75,10 @@ async def test_window_grows_from_littles_law_and_an_explicit_cap_holds(
 async def test_a_concurrency_limit_shrinks_the_window_instead_of_failing_items(
     emulator: Emulator, make_wavs: MakeWavs, tmp_path: pathlib.Path
 ) -> None:
-    # The service takes at most 3 tasks at a time; everything beyond answers 429. The
+    # The service takes at most 2 tasks at a time; everything beyond answers 429. The
     # transport retries a 429 once itself (pausing the limiter); then the engine hears of it.
-    emulator.configure(delay=0.3, max_active_tasks=3, retry_after=0.05)
+    # Tasks last 2 s, so even a slow machine has a third create waiting while 2 run.
+    emulator.configure(delay=2.0, max_active_tasks=2, retry_after=0.05)
     inputs = make_wavs(16)
     poll = PollPolicy(initial_interval=0.05, max_interval=0.2)
     retry = RetryPolicy(max_retries=1, base_delay=0.01, max_delay=0.05)
