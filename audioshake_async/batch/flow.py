@@ -24,6 +24,8 @@ __all__ = ["Flow", "Gate"]
 DEFAULT_RATE = 60.0
 #: Workers started per adaptive stage: the most its gate may ever let through at once.
 STAGE_CEILING = 64
+#: Seconds a create refused for a concurrency limit waits, at most, for a task to finish.
+REFUSAL_WAIT = 30.0
 #: Bytes of upload that count as one unit of latency (small files cost a request, big ones
 #: their bytes).
 UPLOAD_UNIT = 1 << 20
@@ -126,6 +128,7 @@ class Flow:
         self.peak_window = self.window_gate.limit
         self.peak_in_flight = 0
         self._last_update = -math.inf
+        self._completed = anyio.Event()
 
     @staticmethod
     def _controller(fixed: int | None, initial: int) -> ConcurrencyController:
@@ -168,12 +171,22 @@ class Flow:
     def task_done(self, seconds_in_flight: float) -> None:
         """A task left the watch after ``seconds_in_flight``."""
         self.estimator.observe_done(seconds_in_flight)
+        self._completed.set()
+        self._completed = anyio.Event()
 
     def limit_signal(self) -> None:
         """The service refused a create for too much at once: shrink the window and creates."""
         if self.estimator.signal_limit(self.window_gate.held, self.now()):
             self.create_gate.resize(self.creates.congested())
             self.window_gate.resize(self.current_window())
+
+    async def after_refusal(self, backoff: float) -> None:
+        """A create was refused (429): a concurrency limit lifts when a task finishes, so
+        wait for the next one to finish (at most ``REFUSAL_WAIT`` s), then ``backoff``."""
+        completed = self._completed
+        with anyio.move_on_after(REFUSAL_WAIT):
+            await completed.wait()
+        await anyio.sleep(backoff)
 
     # ------------------------------------------------------------------ stages
 

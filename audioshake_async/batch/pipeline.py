@@ -57,8 +57,9 @@ from .watcher import Watcher
 logger = logging.getLogger("audioshake_async.batch")
 
 #: ``POST /tasks`` answered 429 this many times for one item (each after the transport's own
-#: retries and a shrink of the window) before the item fails: a limit that never lifts.
-REFUSALS = 50
+#: retries, a shrink of the window and a wait for a task to finish) before the item fails: a
+#: limit that never lifts.
+REFUSALS = 200
 
 
 class Pipeline:
@@ -359,7 +360,9 @@ class Pipeline:
                 attempt -= 1
                 self.flow.limit_signal()
                 logger.info("create for %s refused (%s); window shrunk", item.display, exc)
-                await anyio.sleep(self.provider.retry.delay(min(refusals, 8), random.random()))
+                await self.flow.after_refusal(
+                    self.provider.retry.delay(min(refusals, 8), random.random())
+                )
                 continue
             except (errors.APIConnectionError, errors.ServerError) as exc:
                 self.flow.congested("create")
