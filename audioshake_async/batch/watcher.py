@@ -311,21 +311,46 @@ class Watcher:
 
     async def _refresh_by_list(self, wanted: set[str], pages_estimate: int) -> dict[str, Task]:
         found: dict[str, Task] = {}
-        page_size = self.pipeline.provider.page_size
-        skip = 0
-        for _ in range(max(3, 2 * pages_estimate)):
+        provider = self.pipeline.provider
+        page_size = provider.page_size
+        limit = max(3, 2 * pages_estimate)
+        # Pages in waves of up to poll_concurrency at once: each page waits its turn in the
+        # rate limiter behind the creates, so one page at a time would make a sweep of many
+        # pages take minutes and completions be noticed late.
+        wave = max(1, min(self.pipeline.options.poll_concurrency, pages_estimate))
+        pages: dict[int, list[Task]] = {}
+        failed: list[BaseException] = []
+
+        async def fetch(number: int) -> None:
             self.pipeline.flow.charge_polls(1)
             try:
-                page = await self.pipeline.provider.page(skip=skip, take=page_size)
+                pages[number] = await provider.page(skip=number * page_size, take=page_size)
             except errors.AudioShakeError as exc:
-                logger.info("list refresh failed (%s); falling back to single gets", exc)
+                failed.append(exc)
+
+        start = 0
+        while start < limit:
+            numbers = range(start, min(limit, start + wave))
+            async with anyio.create_task_group() as group:
+                for number in numbers:
+                    group.start_soon(fetch, number)
+            short = False
+            for number in numbers:
+                page = pages.get(number)
+                if page is None:
+                    break
+                for task in page:
+                    if task.id in self.pending:
+                        found[task.id] = task
+                if len(page) < page_size:
+                    short = True
+                    break
+            if failed:
+                logger.info("list refresh failed (%s); falling back to single gets", failed[0])
                 break
-            for task in page:
-                if task.id in self.pending:
-                    found[task.id] = task
-            if wanted <= found.keys() or len(page) < page_size:
+            if short or wanted <= found.keys():
                 break
-            skip += page_size
+            start += wave
         return found
 
     def _next_due(self, item: Item) -> float:
