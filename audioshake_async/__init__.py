@@ -10,8 +10,10 @@ Quick start::
 """
 
 from ._version import __version__
-from .core.download import DownloadedFile
+from .core.download import DownloadedFile, DownloadLimits
 from .core.http import PollPolicy, RetryPolicy
+from .core.ratelimit import Limiter
+from .core.ratelimit_pg import PostgresRateLimiter
 from .errors import (
     AmbiguousRequestError,
     APIConnectionError,
@@ -23,6 +25,8 @@ from .errors import (
     ConfigurationError,
     DownloadError,
     InsufficientCreditsError,
+    JournalBusyError,
+    JournalError,
     NotFoundError,
     PayloadTooLargeError,
     PermissionDeniedError,
@@ -61,8 +65,12 @@ __all__ = [
     "BadRequestError",
     "ConfigurationError",
     "DownloadError",
+    "DownloadLimits",
     "DownloadedFile",
     "InsufficientCreditsError",
+    "JournalBusyError",
+    "JournalError",
+    "Limiter",
     "Model",
     "ModelInput",
     "NotFoundError",
@@ -70,6 +78,7 @@ __all__ = [
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "PollPolicy",
+    "PostgresRateLimiter",
     "RateLimitError",
     "ResponseParseError",
     "RetryPolicy",

@@ -19,12 +19,17 @@ __all__ = [
     "ConfigurationError",
     "DownloadError",
     "InsufficientCreditsError",
+    "JournalBusyError",
+    "JournalError",
+    "LeaseLostError",
     "NotFoundError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "RateLimitError",
     "ResponseParseError",
     "ServerError",
+    "StorageError",
+    "StorageNotFoundError",
     "TaskFailedError",
     "TaskTimeoutError",
     "UnprocessableEntityError",
@@ -156,6 +161,78 @@ class AmbiguousRequestError(APIConnectionError):
 
 class DownloadError(AudioShakeError):
     """An output could not be downloaded after every retry (and link refresh)."""
+
+
+class StorageError(AudioShakeError):
+    """An object store (S3 or compatible) refused or failed a request about an input or output."""
+
+
+class StorageNotFoundError(StorageError):
+    """The object (or bucket) does not exist in the store."""
+
+
+class JournalError(AudioShakeError):
+    """The batch journal cannot open or record a step (disk full, database gone): the batch stops.
+
+    Nothing is lost: what the journal holds is consistent, and a re-run resumes from it.
+    ``step`` names the journal operation that failed (``record_output``, ``finish``, ``open``...)
+    when known, ``source`` the input it was for, ``path`` the journal.
+    """
+
+    def __init__(
+        self, message: str, *, step: str = "", source: str | None = None, path: str = ""
+    ) -> None:
+        self.step = step
+        self.source = source
+        self.path = path
+        super().__init__(message)
+
+    def __reduce__(self) -> Any:
+        return (
+            _rebuild_journal_error,
+            (type(self), self.args[0], self.step, self.source, self.path),
+        )
+
+
+def _rebuild_journal_error(
+    cls: type[JournalError], message: str, step: str, source: str | None, path: str
+) -> JournalError:
+    return cls(message, step=step, source=source, path=path)
+
+
+class LeaseLostError(JournalError):
+    """A shared journal's lease on an item was taken over or lapsed: this worker must stop.
+
+    Another worker owns the item now; the journal refused this worker's write (fencing).
+    """
+
+
+class JournalBusyError(JournalError):
+    """Another process holds the journal: running beside it could bill the same work twice.
+
+    ``pid`` and ``host`` name the holder as it recorded itself (None when it had not yet), the
+    holder's lock is released by the operating system when it exits, however it exits.
+    """
+
+    def __init__(
+        self, path: str, *, pid: int | None = None, host: str | None = None, since: str = ""
+    ) -> None:
+        self.pid = pid
+        self.host = host
+        holder = f"pid {pid if pid is not None else '?'} on host {host or '?'}"
+        when = f" since {since}" if since else ""
+        super().__init__(f"journal in use by {holder}{when}: {path}", step="open", path=path)
+
+    def __reduce__(self) -> Any:
+        return (_rebuild_busy_error, (self.path, self.pid, self.host, self.args[0]))
+
+
+def _rebuild_busy_error(
+    path: str, pid: int | None, host: str | None, message: str
+) -> JournalBusyError:
+    error = JournalBusyError(path, pid=pid, host=host)
+    error.args = (message,)
+    return error
 
 
 class TaskFailedError(AudioShakeError):

@@ -6,7 +6,12 @@
    1000 tasks in flight, the naive ``requests`` peer, scaling 1k/10k/100k (+ ``results.png``);
 4. ``bench_musicai.py`` (the Music.AI engineer's, run when present; ``--reps 3`` in full mode):
    vs the official SDK; its ``--json`` figures go to the summary and under the peers table,
-   its section of RESULTS.md stays its owner's.
+   its section of RESULTS.md stays its owner's;
+5. ``bench_s3.py``: requests per item and items/s for file vs s3:// inputs at 60 req/s, one
+   large output CDN -> S3 vs disk (writes its own section in full mode);
+6. ``bench_shared_limit.py``: 1, 2, 4 and 8 worker processes on one account at 60 requests/s,
+   the shared PostgreSQL limiter vs one in-process limiter per worker (starts its own
+   PostgreSQL).
 
 Full mode writes ``benchmarks/RESULTS.md`` (the summary at the top, then each benchmark
 replaces only its own sections; ``bench_transfer.py --write`` refreshes its own) and
@@ -38,6 +43,7 @@ if __package__ in (None, ""):
 
 import bench_batch
 import bench_overhead
+import bench_shared_limit
 import bench_transfer
 from _common import (
     HERE,
@@ -52,7 +58,7 @@ from _common import (
     write_section,
 )
 
-ALL = ("overhead", "transfer", "batch", "musicai")
+ALL = ("overhead", "transfer", "batch", "musicai", "s3", "shared")
 
 
 def run_script(name: str, argv: list[str]) -> tuple[int, str]:
@@ -185,6 +191,9 @@ def summary(
             f"{musicai['rss_target_mib']} MiB "
             f"| throughput {musicai['throughput_verdict']}; RSS {musicai['rss_verdict']} |"
         )
+    shared = results.get("shared")
+    if shared:
+        lines += shared_rows(shared)
     failed = results.get("failed")
     if failed:
         lines += ["", "Benchmarks that failed in this run: " + ", ".join(failed) + "."]
@@ -272,6 +281,35 @@ def run_musicai(mode: list[str], full: bool) -> tuple[int, str, dict[str, Any] |
     return code, stdout, figures
 
 
+def run_shared(mode: list[str], smoke: bool) -> tuple[int, str, list[dict[str, Any]] | None]:
+    """bench_shared_limit.py; its ``--json`` rows (one per workers x limiter)."""
+    with tempfile.TemporaryDirectory(prefix="run-all-shared-") as tmp:
+        path = Path(tmp) / "shared.json"
+        extra = ["--workers", "1,2", "--seconds", "1", "--wide-jitter", "0"] if smoke else []
+        code, stdout = run_script("bench_shared_limit.py", [*mode, *extra, "--json", str(path)])
+        rows = json.loads(path.read_text()) if code == 0 and path.exists() else None
+    return code, stdout, rows
+
+
+def shared_rows(rows: list[dict[str, Any]]) -> list[str]:
+    """The summary row of bench_shared_limit: the most workers measured, shared vs control."""
+    most = max(r["workers"] for r in rows)
+    by_mode = {r["mode"]: r for r in rows if r["workers"] == most and r["default"]}
+    shared, control = by_mode["shared"], by_mode["control"]
+    rate = bench_shared_limit.RATE
+    share = shared["per_s"] / rate
+    return [
+        f"| {most} worker processes, one account at 60 req/s: requests/s (max in any 1 s, "
+        f"429s) | shared PostgreSQL limiter {shared['per_s']:.1f} (max {shared['max_1s']}, "
+        f"{shared['r429']} x 429, {shared['round_trips_per_request']:.2f} PostgreSQL "
+        f"statements/request) | a limiter per process {control['per_s']:.1f} (max "
+        f"{control['max_1s']}, {control['r429']} x 429) | {share:.0%} of 60 "
+        f"| ≥ {bench_shared_limit.TARGET_SHARE:.0%} of 60; never above 60 in 1 s; zero 429s "
+        f"| rate {verdict(share >= bench_shared_limit.TARGET_SHARE)}; "
+        f"window {verdict(shared['max_1s'] <= rate)}; 429s {verdict(shared['r429'] == 0)} |"
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -346,6 +384,26 @@ def main(argv: list[str] | None = None) -> int:
         else:
             progress("bench_musicai.py not present: skipped")
 
+    if "s3" in only:
+        progress("=== catalogs in object storage (bench_s3.py)")
+        extra = ["--write"] if write and not args.quick else []
+        if args.smoke:
+            extra = ["--items", "6", "--size-mib", "16"]
+        code, stdout = run_script("bench_s3.py", mode + extra)
+        if code == 0:
+            if args.quick:
+                texts["s3"] = stdout.strip() + "\n"
+        else:
+            results["failed"].append("bench_s3.py")
+    if "shared" in only:
+        progress("=== shared rate budget (bench_shared_limit.py)")
+        code, stdout, rows = run_shared(mode, args.smoke)
+        if code == 0 and rows:
+            results["shared"] = rows
+            texts["shared"] = stdout.strip() + "\n"
+        else:
+            results["failed"].append("bench_shared_limit.py")
+
     if "batch" in results:
         # After bench_musicai: the peers section points to its ratio (a different workload).
         texts.update(
@@ -355,7 +413,17 @@ def main(argv: list[str] | None = None) -> int:
         )
     minutes = (time.perf_counter() - started) / 60
     texts["summary"] = summary(results, info, argv, loadavg(), minutes)
-    order = ["summary", "overhead", "transfer", "batch", "peers", "scaling", "musicai"]
+    order = [
+        "summary",
+        "overhead",
+        "transfer",
+        "batch",
+        "peers",
+        "scaling",
+        "musicai",
+        "s3",
+        "shared",
+    ]
     for name in order:
         if name in texts:
             print(texts[name])

@@ -21,7 +21,7 @@ from audioshake_async.batch import FileWritten, ItemFailed, expand_inputs
 def on_event(event: object) -> None:
     """Print the events a catalog owner cares about."""
     if isinstance(event, FileWritten):
-        print(f"  wrote {event.path} ({event.size} bytes)")
+        print(f"  wrote {event.location} ({event.size} bytes)")
     elif isinstance(event, ItemFailed):
         print(f"  FAILED {event.input}: {event.error}")
 

@@ -6,12 +6,14 @@ import math
 import pathlib
 import struct
 import wave
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
 from audioshake_async import AudioShake, RetryPolicy
 from audioshake_async.emulator import Emulator
+
+from ._postgres import PostgresServer, running_postgres
 
 #: Fast retries for tests (the defaults wait up to 30 s between attempts).
 FAST_RETRY = RetryPolicy(max_retries=8, base_delay=0.01, max_delay=0.05)
@@ -78,3 +80,20 @@ async def client(emulator: Emulator) -> AsyncIterator[AudioShake]:
     """A client on the emulator with fast retries and polls."""
     async with fast_client(emulator) as shared:
         yield shared
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the session (temp directory, free port)."""
+    with running_postgres() as server:
+        yield server
+
+
+@pytest.fixture
+def pg_dsn(postgres_server: PostgresServer) -> str:
+    """A fresh database on the session's server: tests never share one."""
+    return postgres_server.new_database()
+
+
+# The S3-compatible server (moto's) for the s3:// tests; see tests/_s3.py.
+from ._s3 import s3, s3_server  # noqa: E402, F401

@@ -56,6 +56,20 @@ def test_transfer_benchmark_smoke_run(tmp_path: pathlib.Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_s3_benchmark_smoke_run() -> None:
+    """``bench_s3.py``: 6 items each way at 60 req/s, a 16 MiB output to disk and to S3
+    (~35 s: two emulators, moto's server and six processes start)."""
+    before = _stamps()
+    done = _run("bench_s3.py", "--quick", "--items", "6", "--size-mib", "16", timeout=110)
+    assert "| local files (upload) |" in done.stdout
+    assert "| s3:// (presigned URL) | " in done.stdout
+    assert "API requests per item with s3:// inputs" in done.stdout
+    assert "| S3 (`write_output` into `S3Sink`) |" in done.stdout
+    assert _stamps() == before
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_musicai_benchmark_smoke_run(tmp_path: pathlib.Path) -> None:
     """``bench_musicai.py``: 3 jobs and a 4 MiB upload per contender, once (~10 s)."""
@@ -77,12 +91,40 @@ def test_musicai_benchmark_smoke_run(tmp_path: pathlib.Path) -> None:
     assert _stamps() == before
 
 
-def _run(script: str, *argv: str | pathlib.Path) -> subprocess.CompletedProcess[str]:
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_shared_limit_benchmark_smoke_run(tmp_path: pathlib.Path) -> None:
+    """``bench_shared_limit.py``: 1 and 2 workers, 1 s per run, its own PostgreSQL (~25 s)."""
+    pytest.importorskip("psycopg")
+    before = _stamps()
+    figures = tmp_path / "shared.json"
+    done = _run(
+        "bench_shared_limit.py",
+        *("--quick", "--workers", "1,2", "--seconds", "1", "--wide-jitter", "0"),
+        *("--json", figures),
+        timeout=110,
+    )
+    assert "## Shared rate budget" in done.stdout
+    assert "| 2 | shared, jitter 0.02 s |" in done.stdout and "| 2 | control |" in done.stdout
+    rows = json.loads(figures.read_text())
+    assert {(r["workers"], r["mode"]) for r in rows} == {
+        (w, m) for w in (1, 2) for m in ("shared", "control")
+    }
+    for row in rows:
+        assert row["per_s"] > 0 and row["max_1s"] > 0
+        # Statements to PostgreSQL only for the shared limiter, fewer than requests (blocks).
+        assert (0 < row["round_trips_per_request"] < 1) == (row["mode"] == "shared")
+    assert _stamps() == before
+
+
+def _run(
+    script: str, *argv: str | pathlib.Path, timeout: float = 55
+) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(
         [sys.executable, str(BENCHMARKS / script), *map(str, argv)],
         capture_output=True,
         text=True,
-        timeout=55,
+        timeout=timeout,
         cwd=ROOT,
         check=False,
     )

@@ -19,7 +19,7 @@ import anyio
 import pytest
 
 from audioshake_async import AudioShake, PollPolicy, RetryPolicy, Target, Task, errors
-from audioshake_async.core import download as _download
+from audioshake_async.core import sink as _sink
 from audioshake_async.core.transport import Retry
 from audioshake_async.emulator import Emulator
 
@@ -225,13 +225,13 @@ async def test_truncated_downloads_are_resumed(
 ) -> None:
     (source,) = make_wavs(1)
     restarts: list[int] = []
-    real_restart = _download._PartFile.restart
+    real_restart = _sink.DiskWriter._restart
 
-    def counting_restart(part: _download._PartFile) -> None:
-        restarts.append(part.written)
+    def counting_restart(part: _sink.DiskWriter) -> None:
+        restarts.append(part._size)
         real_restart(part)
 
-    monkeypatch.setattr(_download._PartFile, "restart", counting_restart)
+    monkeypatch.setattr(_sink.DiskWriter, "_restart", counting_restart)
     with anyio.fail_after(GUARD):
         async with make_client(emulator, retry=PATIENT_RETRY) as client:
             task = await process(client, source)

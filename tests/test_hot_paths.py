@@ -173,8 +173,9 @@ async def test_download_makes_a_missing_directory_and_reuses_an_existing_one(
             await transport.aclose()
     assert (out / "a.wav").read_bytes() == b"first" and (out / "b.wav").read_bytes() == b"second"
     assert sorted(p.name for p in out.iterdir()) == ["a.wav", "b.wav"]
-    assert first == ["<lambda>", "_close_and_replace"]  # mkdir, then close + rename
-    assert hops == ["_close_and_replace"]  # the directory exists: no mkdir hop
+    # mkdir, the one write (a hop before the seam too, through run_in_executor), close + rename
+    assert first == ["<lambda>", "_write", "_replace"]
+    assert hops == ["_write", "_replace"]  # the directory exists: no mkdir hop
 
 
 async def test_download_whose_rename_fails_leaves_no_part_file(tmp_path: pathlib.Path) -> None:

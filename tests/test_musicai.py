@@ -36,6 +36,7 @@ from audioshake_async import (
 )
 from audioshake_async.batch import ItemSkipped, TaskCreated, run_batch
 from audioshake_async.cli import main
+from audioshake_async.core.sink import DiskWriter
 from audioshake_async.emulator.musicai import MusicAIEmulator, MusicAIWorkflow
 from audioshake_async.musicai import (
     FAILED,
@@ -493,11 +494,11 @@ async def test_provider_maps_jobs_onto_tasks(
         ("accompaniment", "wav"),
         ("result", "json"),
     ]
-    written = await provider.fetch_output(
-        task, task.outputs[2], tmp_path / "result.json", checksum=True
-    )
-    assert json.loads(written.path.read_text()) == {"bpm": "120"}
-    assert written.sha256 == sha256(written.path)
+    writer = await DiskWriter.open(tmp_path / "result.json", checksum=True)
+    written = await provider.fetch_output(task, task.outputs[2], writer)
+    assert written.location == str(tmp_path / "result.json")
+    assert json.loads((tmp_path / "result.json").read_text()) == {"bpm": "120"}
+    assert written.sha256 == sha256(tmp_path / "result.json")
     assert await provider.find_upload("anything") is None
     emu.configure(fail_rate=1.0, fail_code="BAD_INPUT")
     failed = await provider.create(source=source, url=None, targets=STEMS, metadata="{}")

@@ -5,11 +5,23 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+import warnings
 
 import pytest
+from aiohttp import web
+from multidict import CIMultiDict
 
+from audioshake_async import AudioShake, errors
 from audioshake_async.core import ratelimit as _ratelimit
-from audioshake_async.core.ratelimit import RateLimiter
+from audioshake_async.core.http import RetryPolicy
+from audioshake_async.core.ratelimit import Limiter, RateLimiter
+from audioshake_async.core.service import ServiceClient
+from audioshake_async.legacy.client import LegacyClient
+from audioshake_async.musicai.client import MusicAI
+
+from ._servers import Seen, base_url, serve
+
+NO_LONG_WAIT = RetryPolicy(max_retries=3, base_delay=0.01, max_delay=0.05, max_retry_after=0.5)
 
 
 class FakeClock:
@@ -145,3 +157,75 @@ async def test_200_concurrent_acquires_get_the_gcra_schedule(
     for start in all_times:
         in_window = sum(1 for t in all_times if start <= t < start + 1.0 - 1e-9)
         assert in_window <= rate + burst
+
+
+# --------------------------------------------------------------------------- the Limiter seam
+
+
+class CountingLimiter:
+    """A Limiter of the test's own: records what the transport asks of it."""
+
+    def __init__(self) -> None:
+        self.acquired = 0
+        self.pauses: list[float] = []
+        self.closed = False
+
+    async def acquire(self) -> None:
+        self.acquired += 1
+
+    def pause_until(self, seconds_from_now: float) -> None:
+        self.pauses.append(seconds_from_now)
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def test_the_in_process_limiter_satisfies_the_protocol() -> None:
+    assert isinstance(RateLimiter(10), Limiter)
+    assert isinstance(CountingLimiter(), Limiter)
+    assert not isinstance(object(), Limiter)
+
+
+@pytest.mark.parametrize("client_class", ["tasks", "legacy", "musicai"])
+async def test_every_client_takes_a_limiter_object_and_leaves_it_open(client_class: str) -> None:
+    limiter = CountingLimiter()
+    seen: list[Seen] = []
+    calls = {"n": 0}
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        seen.append(Seen(request.method, request.path, {}, CIMultiDict(request.headers)))
+        calls["n"] += 1
+        if calls["n"] == 1:
+            headers = {"Retry-After": "7"}
+            return web.json_response({"message": "slow down"}, status=429, headers=headers)
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    async with serve(app) as server:
+        client = _client(client_class, base_url(server), limiter)
+        async with client:
+            # A Retry-After beyond max_retry_after raises at once (no 7 s sleep in a test).
+            with pytest.raises(errors.RateLimitError):
+                await client.transport.request("GET", "/anything")
+            await client.transport.request("GET", "/anything")
+        assert client.transport.limiter is limiter
+    assert limiter.acquired == 2 == len(seen)  # one acquire per request sent
+    assert limiter.pauses == [7.0]  # the 429's Retry-After reached the shared limiter
+    assert not limiter.closed  # the caller's object: the client never closes it
+
+
+def _client(kind: str, url: str, limiter: Limiter) -> ServiceClient:
+    if kind == "tasks":
+        return AudioShake("key", url, rate_limit=limiter, retry=NO_LONG_WAIT)
+    if kind == "musicai":
+        return MusicAI("key", url, rate_limit=limiter, retry=NO_LONG_WAIT)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return LegacyClient("key", url, rate_limit=limiter, retry=NO_LONG_WAIT)
+
+
+@pytest.mark.parametrize("bad", [0, -1, math.inf, math.nan, True, "60", object()])
+def test_a_bad_rate_limit_is_refused_before_any_request(bad: object) -> None:
+    with pytest.raises(errors.ConfigurationError, match="rate_limit"):
+        AudioShake("key", "http://127.0.0.1:9", rate_limit=bad)  # type: ignore[arg-type]

@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestServer
 from audioshake_async import AudioShake, PollPolicy, Target, Task
 from audioshake_async.batch import BatchResult
 from audioshake_async.emulator import Emulator
+from audioshake_async.tasks.wire import parse_task
 from audioshake_async.webhooks import WebhookReceiver
 
 from .conftest import FAST_RETRY, write_wav
@@ -131,10 +132,11 @@ async def test_batch_of_300_is_driven_by_deliveries(
             )
         counts = client.request_counts
     assert all(r.ok for r in results) and len(results) == 300
-    confirmations = receiver.stats.accepted
-    polls = counts.get("GET /tasks/{id}", 0) + counts.get("GET /tasks", 0)
-    # At most 0.1 reads per task beyond one confirmation per delivery.
-    assert polls <= confirmations + 0.1 * len(inputs), (counts, receiver.stats)
+    # Issue 15: at most 1.1 confirming reads per task (two deliveries each), counted by the
+    # emulator: close deliveries are coalesced and reads due together ride on list pages.
+    served = emulator.stats()["requests"]
+    reads = served.get("GET /tasks/{id}", 0) + served.get("GET /tasks", 0)
+    assert reads <= 1.1 * len(inputs), (served, counts, receiver.stats)
     for result in results:
         assert result.task is not None
         digests = emulator.output_digests(result.task.id)
@@ -351,7 +353,9 @@ def test_accept_dedupes_tolerates_reordering_and_ignores_stale_snapshots() -> No
     assert receiver.accept(token, delivery("task-1", "completed", "completed")).result == (
         "accepted"
     )
-    # A repeat and a stale snapshot carry nothing new: nobody is woken.
+    # Once a read confirmed both, a repeat and a stale snapshot carry nothing new: nobody
+    # is woken. (Before the confirmation a repeat still wakes: the read may have been stale.)
+    receiver.confirm(parse_task(json.loads(delivery("task-1", "completed", "completed"))))
     assert receiver.accept(token, delivery("task-1", "completed", "completed")).result == (
         "duplicate"
     )
@@ -519,6 +523,7 @@ async def test_a_delivery_during_a_read_is_not_lost(
                     webhooks=receiver,
                     safety_poll=600.0,
                     list_refresh=False,
+                    hint_coalesce=0.0,  # read at delivery 1, so the race can happen
                 )
             ]
     assert [r.status for r in results] == ["done"]

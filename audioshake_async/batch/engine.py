@@ -19,7 +19,8 @@ create concurrency grow while latency holds (the network and the budget have roo
   ``GET /tasks`` sweeps on the interval the poll share of the budget allows when that costs
   fewer requests than one ``GET /tasks/{id}`` each, else per-task reads with backoff; each
   target's outputs go to download as soon as it completes;
-- download: stream each output to ``<out_dir>/<input stem>/<name>.<format>`` atomically.
+- download: stream each output to ``<out_dir>/<input stem>/<name>.<format>`` atomically, on
+  disk or in a bucket (``out_dir="s3://..."``) through the output seam (``core/sink.py``).
 
 One item's failure is recorded and reported as a result; it never stops the batch.
 """
@@ -31,7 +32,6 @@ import contextlib
 import itertools
 import logging
 import os
-import pathlib
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
@@ -47,9 +47,12 @@ import anyio.to_thread
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from .. import errors
 from ..models import Target
+from ..storage.s3 import is_s3_uri
 from .events import (
     BatchResult,
+    ItemFailed,
     ProgressHook,
 )
 from .items import DownloadJob, Item
@@ -57,6 +60,7 @@ from .journal import AsyncJournal, Journal, SqliteJournal, journal_key, targets_
 from .options import BatchOptions
 from .pipeline import Pipeline
 from .seam import BatchProvider, SupportsBatch
+from .sources import expand_s3
 
 logger = logging.getLogger("audioshake_async.batch")
 
@@ -94,7 +98,14 @@ async def _run_pipeline(pipeline: Pipeline, inputs: Iterable[Any] | AsyncIterabl
 
     async def feed() -> None:
         async with upload_send, create_send:
-            async for raw in _iterate(inputs):
+            exclude = os.fspath(pipeline.out_dir_arg)
+            expanded = expand_s3(
+                _iterate(inputs),
+                pipeline.stores,
+                pipeline.provider.input_extensions,
+                exclude=exclude if is_s3_uri(exclude) else None,
+            )
+            async for raw in expanded:
                 await flow.admit()
                 await pipeline.admit(raw, upload_send, create_send)
 
@@ -108,24 +119,60 @@ async def _run_pipeline(pipeline: Pipeline, inputs: Iterable[Any] | AsyncIterabl
 
     pipeline.watcher.downloads = download_send
     async with pipeline.results:
-        async with anyio.create_task_group() as group:  # noqa: SIM117
-            # The original receive ends close as soon as the workers hold their clones.
-            async with upload_recv, create_recv, download_recv:
-                group.start_soon(feed)
-                # As many workers as the gates may ever let through; the gates set how many.
-                for _ in range(flow.upload_workers):
+        try:
+            async with anyio.create_task_group() as group:
+                # A journal that cannot record a step (a full disk) stops every stage at once:
+                # each is as safe to cancel as a crash, and nothing after that step is recorded.
+                pipeline.journal.on_failure = lambda _: group.cancel_scope.cancel()
+                # The original receive ends close as soon as the workers hold their clones.
+                async with upload_recv, create_recv, download_recv:
+                    group.start_soon(feed)
+                    # As many workers as the gates may ever let through; the gates set how many.
+                    for _ in range(flow.upload_workers):
+                        group.start_soon(
+                            pipeline.upload_worker, upload_recv.clone(), create_send.clone()
+                        )
                     group.start_soon(
-                        pipeline.upload_worker, upload_recv.clone(), create_send.clone()
+                        creators, [create_recv.clone() for _ in range(flow.create_workers)]
                     )
-                group.start_soon(
-                    creators, [create_recv.clone() for _ in range(flow.create_workers)]
-                )
-                group.start_soon(pipeline.watcher.run)
-                for _ in range(options.download_concurrency):
-                    group.start_soon(pipeline.download_worker, download_recv.clone())
+                    group.start_soon(pipeline.watcher.run)
+                    for _ in range(options.download_concurrency):
+                        group.start_soon(pipeline.download_worker, download_recv.clone())
+        except BaseException as exc:
+            # The first journal failure is kept by the journal and reported below.
+            if pipeline.journal.failure is None or not _journal_failures_only(exc):
+                raise
+        failure = pipeline.journal.failure
+        # Items whose lease was lost are another worker's now: not this run's to report.
+        if failure is not None and not isinstance(failure, errors.LeaseLostError):
+            await _report_stopped(pipeline, failure)
         final = flow.update(final=True)
         assert final is not None
         pipeline.emit(final)
+
+
+async def _report_stopped(pipeline: Pipeline, failure: errors.JournalError) -> None:
+    """The journal failed and the batch stopped: each item still in flight ends failed.
+
+    Nothing of theirs is lost: every stage stops as safely as a crash would (the journal holds
+    each step that completed, no file is under its final name unfinished), so a re-run resumes
+    them without creating any task twice.
+    """
+    step = f" ({failure.step})" if failure.step else ""
+    error = f"not finished: the batch stopped when the journal failed{step}"
+    for display in list(pipeline.active.values()):
+        pipeline.emit(ItemFailed(display, error))
+        await pipeline.results.send(BatchResult(display, "failed", error=error))
+    pipeline.active.clear()
+
+
+def _journal_failures_only(exc: BaseException) -> bool:
+    """Whether ``exc`` is a JournalError, or a (nested) group of nothing else."""
+    # Duck-typed: anyio raises task errors as exception groups, built in from Python 3.11 only.
+    inner = getattr(exc, "exceptions", None)
+    if isinstance(inner, tuple):
+        return all(_journal_failures_only(e) for e in inner)
+    return isinstance(exc, errors.JournalError)
 
 
 async def run_batch(
@@ -144,15 +191,23 @@ async def run_batch(
     ``client`` is an :class:`~audioshake_async.AudioShake` client or any
     :class:`~audioshake_async.batch.provider.BatchProvider` (legacy Jobs, Music.AI).
 
+    ``out_dir`` is a local directory or an ``s3://bucket/prefix`` (outputs streamed into
+    multipart uploads; needs the ``[s3]`` extra). ``inputs`` may hold ``s3://bucket/key`` objects
+    and ``s3://bucket/prefix/`` prefixes (listed lazily): each is passed to the service as a
+    presigned URL, never uploaded (``s3=S3Settings(...)`` sets the endpoint and URL lifetime).
+
     ``journal`` is a path to the SQLite journal (resume and no double billing across runs), a
-    :class:`Journal`, or None for a throw-away one. Extra keyword arguments set
-    :class:`BatchOptions` fields. Break out early with ``contextlib.aclosing``; the pipeline is
-    cancelled cleanly (no partial file under a final name, the journal consistent).
+    :class:`Journal`, or None for a throw-away one; a journal open in another run raises
+    :class:`~audioshake_async.errors.JournalBusyError` before any request. Extra keyword
+    arguments set :class:`BatchOptions` fields. Break out early with ``contextlib.aclosing``;
+    the pipeline is cancelled cleanly (no partial file under a final name, the journal
+    consistent). When the journal fails (a full disk), no new input is admitted, every item in
+    flight is yielded as failed, then the :class:`~audioshake_async.errors.JournalError` is
+    raised: a re-run resumes from what was recorded.
     """
     provider = client.batch_provider() if isinstance(client, SupportsBatch) else client
     checked = provider.check_targets(targets)
     settings = attrs.evolve(options, **option_values) if options else BatchOptions(**option_values)
-    directory = pathlib.Path(out_dir)
     owned: SqliteJournal | None = None
     if journal is None or isinstance(journal, (str, os.PathLike)):
         owned = await anyio.to_thread.run_sync(SqliteJournal, journal)
@@ -161,7 +216,7 @@ async def run_batch(
         store = journal
     results_send, results_recv = anyio.create_memory_object_stream[BatchResult](64)
     pipeline = Pipeline(
-        provider, checked, directory, AsyncJournal(store), progress, settings, results_send
+        provider, checked, out_dir, AsyncJournal(store), progress, settings, results_send
     )
     # The pipeline runs in its own task, so this generator never yields inside a cancel scope
     # and can be closed from any task.
@@ -171,6 +226,8 @@ async def run_batch(
             async for result in results_recv:
                 yield result
         await runner
+        if pipeline.journal.failure is not None:
+            raise pipeline.journal.failure
     finally:
         if not runner.done():
             runner.cancel()

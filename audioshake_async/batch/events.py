@@ -37,6 +37,10 @@ class BatchResult:
     ``status`` is ``done`` (every target completed and every file written), ``skipped`` (done by
     an earlier run, per the journal) or ``failed`` (``error`` says why; ``files`` still lists
     what was written, e.g. the stems of the targets that did complete).
+
+    ``files`` and ``directory`` are local paths (outputs on disk); ``locations`` names every
+    output wherever it went: the same paths as text, or ``s3://`` URIs for an ``s3://`` output
+    (``files`` and ``directory`` are then empty).
     """
 
     input: str
@@ -45,6 +49,7 @@ class BatchResult:
     files: tuple[pathlib.Path, ...] = ()
     error: str | None = None
     directory: pathlib.Path | None = None
+    locations: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -102,11 +107,13 @@ class TargetDone:
 
 @attrs.frozen
 class FileWritten:
-    """One output file is complete under its final name."""
+    """One output is complete under its final name: ``location`` (a path or an ``s3://`` URI);
+    ``path`` is the local file (None when the output went to an object store)."""
 
     input: str
-    path: pathlib.Path
+    path: pathlib.Path | None
     size: int
+    location: str = ""
 
 
 @attrs.frozen

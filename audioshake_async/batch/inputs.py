@@ -118,8 +118,8 @@ class _Expansion:
                 yield from self.expand(line)
 
     def expand(self, arg: str) -> Iterator[str]:
-        """One argument: a URL as is, a directory walked, anything else as a file."""
-        if arg.startswith(("https://", "http://")):
+        """One argument: a URL or s3:// location as is, a directory walked, else a file."""
+        if arg.startswith(("https://", "http://", "s3://")):
             if self.first_time(b"u", arg):
                 yield arg
         elif os.path.isdir(arg):

@@ -12,11 +12,12 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import anyio.to_thread
 import attrs
 
 from ..core.files import safe_filename
 from ..models import Output, Task
-from .journal import ItemJournal, OutputRecord
+from .journal import ItemJournal, ItemRecord, OutputRecord
 
 logger = logging.getLogger("audioshake_async.batch")
 
@@ -57,7 +58,11 @@ class WatchState:
     next_due: float = 0.0
     polls: int = 0
     last_read_ok: float = 0.0
-    #: A delivery arrived since the last read began: read again at once, not at the next poll.
+    #: (target id, status) pairs deliveries announced that no read has confirmed yet.
+    hint_keys: frozenset[tuple[str, str]] = frozenset()
+    #: Reads since the last delivery that did not show its change (stale or forged).
+    hint_tries: int = 0
+    #: A delivery scheduled a read that has not begun yet: it is read even between sweeps.
     hinted: bool = False
     unsubscribe: Callable[[], None] | None = None
 
@@ -69,8 +74,13 @@ class Item:
     display: str
     source: str
     is_url: bool
+    #: Local output directory (disk sink); for another sink, the item's relative directory.
     directory: pathlib.Path
     journal: ItemJournal
+    #: The output directory's name, relative to the sink's root.
+    dirname: str = ""
+    #: An ``s3://`` input: presigned just before each create, never uploaded.
+    s3: bool = False
     state: ItemState = ItemState.QUEUED
     origin: Origin = Origin.NEW
     size: int | None = None
@@ -91,6 +101,7 @@ class Item:
     dispatched: set[tuple[str, str, str]] = attrs.Factory(set)
     reported_targets: set[str] = attrs.Factory(set)
     files: list[pathlib.Path] = attrs.Factory(list)
+    locations: list[str] = attrs.Factory(list)
     problems: list[str] = attrs.Factory(list)
     pending_downloads: int = 0
 
@@ -112,11 +123,16 @@ class Item:
 
 @attrs.define(eq=False)
 class DownloadJob:
-    """One output of one item, to be written at ``path``."""
+    """One output of one item, to be written as ``name`` in the item's output directory."""
 
     item: Item
     output: Output
-    path: pathlib.Path
+    name: str
+
+    @property
+    def relative(self) -> str:
+        """The output's name relative to the sink's root."""
+        return f"{self.item.dirname}/{self.name}"
 
 
 def is_url(value: str) -> bool:
@@ -150,17 +166,6 @@ def task_metadata(item: Item, token: str, extra: Mapping[str, Any] | None, limit
     return text
 
 
-def outputs_present(item: Item) -> bool:
-    """Every output the journal knows is on disk at its size (runs in a worker thread)."""
-    for name, output in item.known_outputs.items():
-        try:
-            if (item.directory / name).stat().st_size != output.size:
-                return False
-        except OSError:
-            return False
-    return bool(item.known_outputs)
-
-
 def unique_upload_name(filename: str) -> str:
     """``song.wav`` -> ``song.ab12cd34ef.wav``: unique, same extension (the type)."""
     stem, dot, ext = filename.rpartition(".")
@@ -191,3 +196,22 @@ def missing_formats(task: Task) -> list[str]:
                 f"target {target.model} completed without its {', '.join(missing)} output"
             )
     return problems
+
+
+async def check_content(
+    item: Item, record: ItemRecord | None, *, checksum: bool
+) -> ItemRecord | None:
+    """Compare the file with the journal; a changed file starts over (None)."""
+    if record is not None and record.size == item.size and record.mtime_ns == item.mtime_ns:
+        item.sha256 = record.sha256
+        return record
+    if record is not None and record.sha256 and checksum:
+        digest = await anyio.to_thread.run_sync(hash_file, pathlib.Path(item.source))
+        if digest == record.sha256:
+            assert item.size is not None and item.mtime_ns is not None
+            await item.journal.touch_source(item.size, item.mtime_ns)
+            item.sha256 = digest
+            return record
+        item.sha256 = digest
+    await item.journal.reset(item.size, item.mtime_ns, item.sha256)
+    return None

@@ -2,8 +2,11 @@
 
 One row per (input, target set): content identity (size, mtime, SHA-256), the asset and when it
 was uploaded, the client token written *before* ``POST /tasks``, the task id, and one row per
-downloaded output with its SHA-256. SQLite in WAL mode: every write is its own transaction, so
-the file is consistent after a ``kill -9`` at any moment.
+downloaded output with its SHA-256 (an ``s3://`` input: its URI as the source, its size, and
+``etag:<ETag>`` where a file's SHA-256 goes). SQLite in WAL mode: every write is its own
+transaction, so the file is consistent after a ``kill -9`` at any moment. One process at a time:
+a second opener is refused (``journal_lock``), and SQLite's failures (a full disk) raise a typed
+``JournalError``.
 
 :class:`Journal` is the interface the engine uses; :class:`SqliteJournal` the embedded store.
 The engine calls it through :class:`AsyncJournal` and a typed :class:`ItemJournal` per item, which
@@ -19,14 +22,16 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import anyio
 import anyio.to_thread
 import attrs
 
+from .. import errors
 from .._convert import unstructure
+from .journal_lock import JournalLock, journal_step
 
 if TYPE_CHECKING:
     from ..models import Target
@@ -162,8 +167,13 @@ class Journal(Protocol):
 
 
 class SqliteJournal:
-    """The embedded journal: one SQLite file (WAL), usable from one thread at a time."""
+    """The embedded journal: one SQLite file (WAL), usable from one thread at a time.
 
+    Locked until :meth:`close` (a second opener gets ``JournalBusyError``); every SQLite
+    failure is a ``JournalError`` naming the step and the input.
+    """
+
+    @journal_step
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self._temporary: str | None = None
         if path is None:
@@ -176,16 +186,22 @@ class SqliteJournal:
             if parent:
                 os.makedirs(parent, exist_ok=True)
         self.path = os.fspath(path)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        # Before the database is touched: a refused opener must not even migrate it.
+        self._owner = JournalLock(self.path)
         self._lock = threading.Lock()
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode survives a process crash (kill -9); only power loss can cost the
-        # last commits, which the engine tolerates (it reconciles by token).
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        with self._db:
-            self._db.executescript(_SCHEMA)
-            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode survives a process crash (kill -9); only power loss can cost
+            # the last commits, which the engine tolerates (it reconciles by token).
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            with self._db:
+                self._db.executescript(_SCHEMA)
+                self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except BaseException:
+            self._owner.release()  # the connection, if any, closes with this object
+            raise
 
     def __repr__(self) -> str:
         return f"SqliteJournal({self.path!r})"
@@ -194,6 +210,7 @@ class SqliteJournal:
         with self._lock:
             self._db.execute(sql, params)
 
+    @journal_step
     def lookup(self, source: str, targets: str) -> ItemRecord | None:
         """The record of this input and target set, with its outputs."""
         with self._lock:
@@ -240,6 +257,7 @@ class SqliteJournal:
             updated_at=updated_at,
         )
 
+    @journal_step
     def claim_dir(self, source: str, stem: str) -> str:
         """A directory name for ``source``, unique in the batch and stable across runs."""
         with self._lock:
@@ -268,6 +286,7 @@ class SqliteJournal:
                 )
                 return candidate
 
+    @journal_step
     def reset(
         self, source: str, targets: str, size: int | None, mtime_ns: int | None, sha256: str | None
     ) -> None:
@@ -286,6 +305,7 @@ class SqliteJournal:
                 (source, targets, size, mtime_ns, sha256, time.time()),
             )
 
+    @journal_step
     def touch_source(self, source: str, targets: str, size: int, mtime_ns: int) -> None:
         """The file was touched but its content is unchanged: remember the new stat."""
         self._write(
@@ -293,6 +313,7 @@ class SqliteJournal:
             (size, mtime_ns, time.time(), source, targets),
         )
 
+    @journal_step
     def record_asset(
         self,
         source: str,
@@ -308,6 +329,7 @@ class SqliteJournal:
             (asset_id, uploaded_at, sha256, time.time(), source, targets),
         )
 
+    @journal_step
     def record_upload_intent(self, source: str, targets: str, upload_name: str) -> None:
         """About to upload the file under the unique name ``upload_name``."""
         self._write(
@@ -315,6 +337,7 @@ class SqliteJournal:
             (upload_name, time.time(), source, targets),
         )
 
+    @journal_step
     def record_intent(self, source: str, targets: str, token: str) -> None:
         """About to ``POST /tasks`` carrying ``token`` in its metadata."""
         self._write(
@@ -323,6 +346,7 @@ class SqliteJournal:
             (token, time.time(), source, targets),
         )
 
+    @journal_step
     def record_task(self, source: str, targets: str, task_id: str | None) -> None:
         """The task exists (or, with None, it is gone and must be created again)."""
         status = "created" if task_id else "pending"
@@ -331,6 +355,7 @@ class SqliteJournal:
             (task_id, status, time.time(), source, targets),
         )
 
+    @journal_step
     def record_output(self, source: str, targets: str, output: OutputRecord) -> None:
         """One output file is complete on disk."""
         self._write(
@@ -339,6 +364,7 @@ class SqliteJournal:
             (source, targets, output.filename, output.size, output.sha256, time.time()),
         )
 
+    @journal_step
     def finish(self, source: str, targets: str, status: str, error: str | None) -> None:
         """The item ended (``done`` or ``failed``)."""
         self._write(
@@ -346,38 +372,61 @@ class SqliteJournal:
             (status, error, time.time(), source, targets),
         )
 
+    @journal_step
     def counts(self) -> dict[str, int]:
         """Items per status (for reports)."""
         with self._lock:
             rows = self._db.execute("SELECT status, COUNT(*) FROM items GROUP BY status").fetchall()
         return {str(status): int(count) for status, count in rows}
 
+    @journal_step
     def close(self) -> None:
         """Close the database (and delete it when it was a temporary one)."""
-        with self._lock:
-            self._db.close()
+        try:
+            with self._lock:
+                self._db.close()
+        finally:
+            self._owner.release()
         if self._temporary:
-            for suffix in ("", "-wal", "-shm"):
+            for suffix in ("", "-wal", "-shm", ".lock"):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self._temporary + suffix)
 
 
 class AsyncJournal:
-    """Runs a synchronous :class:`Journal` on one worker thread, one call at a time."""
+    """Runs a synchronous :class:`Journal` on one worker thread, one call at a time.
+
+    The first :class:`~audioshake_async.errors.JournalError` is kept as ``failure`` and fails
+    every later call at once: once a step could not be recorded, none after it is (the engine
+    stops, and a re-run resumes from what was recorded). ``on_failure`` hears of it once.
+    """
 
     def __init__(self, journal: Journal) -> None:
         self.journal = journal
+        self.failure: errors.JournalError | None = None
+        self.on_failure: Callable[[errors.JournalError], None] | None = None
         self._limiter = anyio.CapacityLimiter(1)
+
+    async def run(self, func: Callable[..., T], *args: Any) -> T:
+        """``func(*args)`` on the journal's thread (``func`` is a method of the journal)."""
+        if self.failure is not None:
+            raise self.failure
+        try:
+            return await anyio.to_thread.run_sync(func, *args, limiter=self._limiter)
+        except errors.JournalError as exc:
+            if self.failure is None:
+                self.failure = exc
+                if self.on_failure is not None:
+                    self.on_failure(exc)
+            raise
 
     async def claim_dir(self, source: str, stem: str) -> str:
         """See :meth:`Journal.claim_dir`."""
-        return await anyio.to_thread.run_sync(
-            self.journal.claim_dir, source, stem, limiter=self._limiter
-        )
+        return await self.run(self.journal.claim_dir, source, stem)
 
     def item(self, source: str, targets: str) -> ItemJournal:
         """The typed handle of one input and target set."""
-        return ItemJournal(self.journal, source, targets, self._limiter)
+        return ItemJournal(self, source, targets)
 
 
 class ItemJournal:
@@ -386,90 +435,52 @@ class ItemJournal:
     Every method is the :class:`Journal` method of the same name, with the item's key filled in.
     """
 
-    def __init__(
-        self, journal: Journal, source: str, targets: str, limiter: anyio.CapacityLimiter
-    ) -> None:
-        self._journal = journal
+    def __init__(self, owner: AsyncJournal, source: str, targets: str) -> None:
+        self._owner = owner
+        self._journal = owner.journal
         self._source = source
         self._targets = targets
-        self._limiter = limiter
+
+    async def _run(self, func: Callable[..., T], *args: Any) -> T:
+        return await self._owner.run(func, self._source, self._targets, *args)
 
     async def lookup(self) -> ItemRecord | None:
         """The record, with its outputs."""
-        return await anyio.to_thread.run_sync(
-            self._journal.lookup, self._source, self._targets, limiter=self._limiter
-        )
+        return await self._run(self._journal.lookup)
 
     async def reset(self, size: int | None, mtime_ns: int | None, sha256: str | None) -> None:
         """Start afresh (new or changed input)."""
-        await anyio.to_thread.run_sync(
-            self._journal.reset,
-            self._source,
-            self._targets,
-            size,
-            mtime_ns,
-            sha256,
-            limiter=self._limiter,
-        )
+        await self._run(self._journal.reset, size, mtime_ns, sha256)
 
     async def touch_source(self, size: int, mtime_ns: int) -> None:
         """The file was touched, its content unchanged."""
-        await anyio.to_thread.run_sync(
-            self._journal.touch_source,
-            self._source,
-            self._targets,
-            size,
-            mtime_ns,
-            limiter=self._limiter,
-        )
+        await self._run(self._journal.touch_source, size, mtime_ns)
 
     async def record_asset(
         self, asset_id: str | None, uploaded_at: float | None, sha256: str | None = None
     ) -> None:
         """The upload finished (None: the asset is gone)."""
-        await anyio.to_thread.run_sync(
-            self._journal.record_asset,
-            self._source,
-            self._targets,
-            asset_id,
-            uploaded_at,
-            sha256,
-            limiter=self._limiter,
-        )
+        await self._run(self._journal.record_asset, asset_id, uploaded_at, sha256)
 
     async def record_upload_intent(self, upload_name: str) -> None:
         """About to upload under ``upload_name``."""
-        await anyio.to_thread.run_sync(
-            self._journal.record_upload_intent,
-            self._source,
-            self._targets,
-            upload_name,
-            limiter=self._limiter,
-        )
+        await self._run(self._journal.record_upload_intent, upload_name)
 
     async def record_intent(self, token: str) -> None:
         """About to create the task carrying ``token``."""
-        await anyio.to_thread.run_sync(
-            self._journal.record_intent, self._source, self._targets, token, limiter=self._limiter
-        )
+        await self._run(self._journal.record_intent, token)
 
     async def record_task(self, task_id: str | None) -> None:
         """The task exists (None: it is gone)."""
-        await anyio.to_thread.run_sync(
-            self._journal.record_task, self._source, self._targets, task_id, limiter=self._limiter
-        )
+        await self._run(self._journal.record_task, task_id)
 
     async def record_output(self, output: OutputRecord) -> None:
         """One output file is complete."""
-        await anyio.to_thread.run_sync(
-            self._journal.record_output, self._source, self._targets, output, limiter=self._limiter
-        )
+        await self._run(self._journal.record_output, output)
 
     async def finish(self, status: str, error: str | None) -> None:
         """The item ended."""
-        await anyio.to_thread.run_sync(
-            self._journal.finish, self._source, self._targets, status, error, limiter=self._limiter
-        )
+        await self._run(self._journal.finish, status, error)
 
 
 def targets_signature(targets: Sequence[Target]) -> str:

@@ -12,7 +12,8 @@ import attrs
 
 from .. import errors
 from ..core.http import PollPolicy
-from .seam import Hints
+from ..storage.s3 import S3Settings
+from .seam import Hints, Listing
 
 logger = logging.getLogger("audioshake_async.batch")
 
@@ -54,17 +55,31 @@ class BatchOptions:
     poll_concurrency: int = 16
     #: Compute SHA-256 of inputs and outputs for the journal.
     checksum: bool = True
-    #: Deliveries drive the waiting: each one triggers one confirming GET; polling drops to
+    #: Deliveries drive the waiting: they are hints confirmed by a read (about one per task:
+    #: close deliveries are coalesced, many due at once ride on list pages); polling drops to
     #: a slow safety poll (deliveries can be lost).
     webhooks: Hints | None = None
+    #: List pages and token lookups from a shared source (many workers, one listing reader)
+    #: instead of each run paging the account listing itself.
+    listing: Listing | None = None
+    #: After a crash during an upload, look the upload up by name (``GET /assets``, one
+    #: unpaginated answer for the whole account) instead of uploading again. Uploads are not
+    #: billed: many-worker runs turn this off to keep lookups bounded as the account grows.
+    find_interrupted_uploads: bool = True
     #: Seconds between safety polls of a task while ``webhooks`` drive the waiting.
     safety_poll: float = 180.0
+    #: Seconds a delivery that shows targets still running waits for their deliveries before
+    #: its confirming read (0: read at once, one read per delivery).
+    hint_coalesce: float = 1.0
     #: Seconds a task may go without one successful read (outage, wrong provider) before its
     #: item fails; a refusal (401, 403, 400) fails it at once. A rerun resumes it.
     unreachable_timeout: float = 3600.0
     #: Items an earlier run recorded as failed get a new task (billed again) instead of
     #: re-reading the failed one; outputs already written are kept.
     retry_failed: bool = False
+    #: How ``s3://`` inputs and outputs reach the store (endpoint, region, the lifetime of
+    #: presigned input URLs, multipart part size); None: the AWS environment's defaults.
+    s3: S3Settings | None = None
 
     def __attrs_post_init__(self) -> None:
         for name in (

@@ -16,20 +16,20 @@ import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .. import errors
-from ..core.files import safe_filename
+from ..core.http import SEND_GUARD, check_source_url, has_credentials, redact_url, redact_urls
+from ..core.sink import DiskSink
 from ..core.upload import UploadDigest
 from ..models import Target, Task
+from ..storage.s3 import S3Object, S3Stores, is_s3_uri
 from .events import (
     BatchEvent,
     BatchResult,
-    FileWritten,
     FlowUpdate,
     ItemDone,
     ItemFailed,
     ItemQueued,
     ItemSkipped,
     ProgressHook,
-    TargetDone,
     TaskCreated,
     Uploaded,
     UploadProgress,
@@ -40,18 +40,21 @@ from .items import (
     Item,
     ItemState,
     Origin,
+    check_content,
     hash_file,
     is_url,
     missing_formats,
-    outputs_present,
     stem_of,
     task_metadata,
     unique_upload_name,
 )
-from .journal import AsyncJournal, ItemRecord, OutputRecord, journal_key
+from .journal import AsyncJournal, journal_key
+from .journal_pg_schema import lease_guard
 from .options import BatchOptions
+from .outputs import OutputStage, open_sink
 from .reconcile import find_by_token
 from .seam import BatchProvider
+from .sources import check_s3_input
 from .watcher import Watcher
 
 logger = logging.getLogger("audioshake_async.batch")
@@ -69,7 +72,7 @@ class Pipeline:
         self,
         provider: BatchProvider,
         targets: tuple[Target, ...],
-        out_dir: pathlib.Path,
+        out_dir: str | os.PathLike[str],
         journal: AsyncJournal,
         progress: ProgressHook | None,
         options: BatchOptions,
@@ -78,7 +81,12 @@ class Pipeline:
         self.provider = provider
         self.targets = targets
         self.signature = journal_key(provider, targets)
-        self.out_dir = out_dir
+        self.out_dir_arg = out_dir
+        self.stores = S3Stores(options.s3)
+        self.sink = open_sink(out_dir, self.stores)
+        self.outputs = OutputStage(provider, self.sink, options, self.emit)
+        # The local root (a disk sink) or the relative one: Item.directory stays a path.
+        self.out_dir = self.sink.root if isinstance(self.sink, DiskSink) else pathlib.Path()
         self.journal = journal
         self.progress = progress
         self.options = options
@@ -90,9 +98,10 @@ class Pipeline:
         )
         self.watcher = Watcher(self)
         self.cwd = os.getcwd()
-        # Sources between admission and their result (at most max_in_flight of them): the same
-        # file listed twice must not be uploaded, billed and written twice at once.
-        self.active: set[str] = set()
+        # Sources between admission and their result (at most max_in_flight of them), with
+        # their display names: the same file listed twice must not be uploaded, billed and
+        # written twice at once, and a stopped batch reports each of them.
+        self.active: dict[str, str] = {}
         lifetime = provider.source_lifetime
         self.asset_max_age = lifetime - min(7200.0, lifetime / 10)
         if options.asset_max_age is not None:
@@ -115,6 +124,10 @@ class Pipeline:
 
     async def fail(self, item: Item, error: BaseException | str) -> None:
         """Record and report the item as failed, with what it did write."""
+        if isinstance(error, errors.JournalError):
+            # The journal cannot record this (disk full, database gone, lease taken over):
+            # going on would do work nobody can resume. The batch stops.
+            raise error
         message = error if isinstance(error, str) else (str(error) or type(error).__name__)
         item.problems.append(message)
         item.settle()
@@ -125,11 +138,15 @@ class Pipeline:
         if item.finished or not item.task_done or item.pending_downloads:
             return
         item.state = ItemState.FINISHED
-        self.active.discard(item.source)
         task = item.task
+        if task is not None and item.s3:
+            # The presigned URL is a credential: the result names the s3:// URI instead.
+            task = attrs.evolve(task, url=item.source)
         if task is not None:
             for target in task.failed_targets:
                 detail = target.error.message if target.error and target.error.message else ""
+                if item.s3:
+                    detail = redact_urls(detail)
                 item.problems.append(
                     f"target {target.model} failed" + (f": {detail}" if detail else "")
                 )
@@ -143,9 +160,12 @@ class Pipeline:
             self.emit(ItemDone(item.display, files))
         else:
             self.emit(ItemFailed(item.display, error or "failed"))
+        directory = item.directory if self.outputs.on_disk else None
         await self.results.send(
-            BatchResult(item.display, status, task, files, error, item.directory)
+            BatchResult(item.display, status, task, files, error, directory, tuple(item.locations))
         )
+        # Only once reported: an item stopped before that is reported by the engine.
+        self.active.pop(item.source, None)
         self.flow.finished()
 
     # ------------------------------------------------------------------ admit
@@ -158,8 +178,19 @@ class Pipeline:
     ) -> None:
         """Decide where one input enters the pipeline (or report it skipped or failed)."""
         display = os.fspath(raw)
+        as_s3 = is_s3_uri(display)
+        as_url = as_s3 or (isinstance(raw, str) and is_url(raw))
+        if as_url and not as_s3 and has_credentials(display):
+            display = redact_url(display)  # never echoed: not in events, summary or metadata
         self.emit(ItemQueued(display))
-        as_url = isinstance(raw, str) and is_url(raw)
+        if as_url and not as_s3:
+            try:
+                check_source_url(os.fspath(raw))
+            except errors.ValidationError as exc:
+                self.emit(ItemFailed(display, str(exc)))
+                await self.results.send(BatchResult(display, "failed", error=str(exc)))
+                self.flow.finished()
+                return
         # Pure string work (the working directory was read once): no blocking call here.
         source = display if as_url else os.path.normpath(os.path.join(self.cwd, display))  # noqa: ASYNC240
         if source in self.active:
@@ -169,7 +200,7 @@ class Pipeline:
             )
             self.flow.finished()
             return
-        self.active.add(source)
+        self.active[source] = display
         stem = stem_of(source, as_url)
         dirname = await self.journal.claim_dir(source, stem)
         item = Item(
@@ -178,14 +209,19 @@ class Pipeline:
             as_url,
             self.out_dir / dirname,
             self.journal.item(source, self.signature),
+            dirname=dirname,
+            s3=as_s3,
         )
         try:
             record = await item.journal.lookup()
-            if not as_url:
+            if as_s3:
+                found = raw if isinstance(raw, S3Object) else await self.stores.head(source)
+                record = await check_s3_input(item, record, found, self.provider)
+            elif not as_url:
                 size = await self.provider.check_source(pathlib.Path(source))
                 stat = await anyio.to_thread.run_sync(os.stat, source)
                 item.size, item.mtime_ns = size, stat.st_mtime_ns
-                record = await self._check_content(item, record)
+                record = await check_content(item, record, checksum=self.options.checksum)
             elif record is None:
                 await item.journal.reset(None, None, None)
         except errors.AudioShakeError as exc:
@@ -198,14 +234,24 @@ class Pipeline:
             item.known_outputs = {o.filename: o for o in record.outputs}
             item.token, item.task_id = record.token, record.task_id
             item.upload_name = record.upload_name
-            if record.status == "done" and await anyio.to_thread.run_sync(outputs_present, item):
+            if record.status == "done" and await self.outputs.all_present(item):
                 item.state = ItemState.FINISHED
-                self.active.discard(source)
-                item.files = [item.directory / name for name in sorted(item.known_outputs)]
+                for name in sorted(item.known_outputs):
+                    self.outputs.keep(item, name)
                 self.emit(ItemSkipped(display))
+                directory = item.directory if self.outputs.on_disk else None
                 await self.results.send(
-                    BatchResult(display, "skipped", None, tuple(item.files), None, item.directory)
+                    BatchResult(
+                        display,
+                        "skipped",
+                        None,
+                        tuple(item.files),
+                        None,
+                        directory,
+                        tuple(item.locations),
+                    )
                 )
+                self.active.pop(source, None)
                 self.flow.finished()
                 return
             fresh = (
@@ -234,22 +280,6 @@ class Pipeline:
             await create.send(item)
         else:
             await upload.send(item)
-
-    async def _check_content(self, item: Item, record: ItemRecord | None) -> ItemRecord | None:
-        """Compare the file with the journal; a changed file starts over (None)."""
-        if record is not None and record.size == item.size and record.mtime_ns == item.mtime_ns:
-            item.sha256 = record.sha256
-            return record
-        if record is not None and record.sha256 and self.options.checksum:
-            digest = await anyio.to_thread.run_sync(hash_file, pathlib.Path(item.source))
-            if digest == record.sha256:
-                assert item.size is not None and item.mtime_ns is not None
-                await item.journal.touch_source(item.size, item.mtime_ns)
-                item.sha256 = digest
-                return record
-            item.sha256 = digest
-        await item.journal.reset(item.size, item.mtime_ns, item.sha256)
-        return None
 
     # ------------------------------------------------------------------ upload
 
@@ -283,7 +313,7 @@ class Pipeline:
         def on_progress(sent: int, total: int) -> None:
             self.emit(UploadProgress(display, sent, total))
 
-        if item.upload_name is not None:
+        if item.upload_name is not None and self.options.find_interrupted_uploads:
             # An earlier run was stopped during this upload: it may have completed.
             self.flow.upload_requests += 1
             found = await self.provider.find_upload(item.upload_name)
@@ -337,6 +367,11 @@ class Pipeline:
         item.token = token
         if item.intent_at is None:
             item.intent_at = time.time()
+        url = item.source if item.is_url else None
+        if item.s3:
+            # Signed just before the POST (a signing failure costs no journal write and no
+            # request); never journaled or logged: it is a credential.
+            url = await self.stores.presign(item.source)
         await item.journal.record_intent(token)
         metadata = task_metadata(item, token, self.options.metadata, self.provider.metadata_limit)
         last_error: BaseException | None = None
@@ -344,10 +379,11 @@ class Pipeline:
         while attempt < self.options.create_attempts:
             attempt += 1
             self.flow.create_requests += 1
+            guard = SEND_GUARD.set(lease_guard(self.journal.journal, item.display))
             try:
                 task = await self.provider.create(
                     source=None if item.is_url else item.asset_id,
-                    url=item.source if item.is_url else None,
+                    url=url,
                     targets=self.targets,
                     metadata=metadata,
                 )
@@ -397,6 +433,8 @@ class Pipeline:
                 await item.journal.record_asset(None, None, None)
                 await self.upload(item)
                 continue
+            finally:
+                SEND_GUARD.reset(guard)
             await self._adopt(item, task, recovered=False)
             return
         raise errors.AudioShakeError(
@@ -411,6 +449,10 @@ class Pipeline:
 
     async def find_by_token(self, token: str, *, since: float | None = None) -> Task | None:
         """The task carrying ``token``, if an earlier create made it (see :func:`find_by_token`)."""
+        if self.options.listing is not None:
+            known = await self.options.listing.find_token(token)
+            if known is not None:
+                return known
         return await find_by_token(
             self.provider, token, since=since, pages=self.options.reconcile_pages
         )
@@ -433,57 +475,16 @@ class Pipeline:
 
     def plan_downloads(self, item: Item, task: Task) -> list[DownloadJob]:
         """Download jobs for targets that completed since the last look."""
-        jobs = []
-        for target in task.targets:
-            if target.is_terminal and target.id not in item.reported_targets:
-                item.reported_targets.add(target.id)
-                self.emit(TargetDone(item.display, task.id, target.id, target.model, target.status))
-            if not target.is_completed:
-                continue
-            for output in target.output:
-                key = (target.id, output.name, output.format)
-                if key in item.dispatched:
-                    continue
-                item.dispatched.add(key)
-                name = safe_filename(output.name, output.format)
-                base, counter = safe_filename(output.name), 2
-                while name.lower() in item.used_names:
-                    name = safe_filename(f"{base}_{counter}", output.format)
-                    counter += 1
-                item.used_names.add(name.lower())
-                item.pending_downloads += 1
-                jobs.append(DownloadJob(item, output, item.directory / name))
-        return jobs
+        return self.outputs.plan(item, task)
 
     async def download_worker(self, inbox: MemoryObjectReceiveStream[DownloadJob]) -> None:
         async with inbox:
             async for job in inbox:
                 try:
-                    await self.download(job)
+                    await self.outputs.download(job)
+                except errors.JournalError:
+                    raise
                 except (errors.AudioShakeError, OSError) as exc:
-                    job.item.problems.append(f"{job.path.name}: {exc}")
+                    job.item.problems.append(f"{job.name}: {exc}")
                 job.item.pending_downloads -= 1
                 await self.maybe_finish(job.item)
-
-    async def download(self, job: DownloadJob) -> None:
-        """Download one output unless an earlier run already wrote it completely."""
-        item = job.item
-        known = item.known_outputs.get(job.path.name)
-        if known is not None:
-            try:
-                size = (await anyio.to_thread.run_sync(job.path.stat)).st_size
-            except OSError:
-                size = -1
-            if size == known.size:
-                item.files.append(job.path)
-                return
-        assert item.task is not None
-        done = await self.provider.fetch_output(
-            item.task, job.output, job.path, checksum=self.options.checksum
-        )
-        record = OutputRecord(job.path.name, done.size, done.sha256)
-        with anyio.CancelScope(shield=True):
-            await item.journal.record_output(record)
-        item.known_outputs[record.filename] = record
-        item.files.append(job.path)
-        self.emit(FileWritten(item.display, job.path, done.size))

@@ -15,11 +15,11 @@ import pathlib
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
-from ..core.download import DownloadedFile
 from ..core.http import PollPolicy, RetryPolicy
+from ..core.sink import OutputWriter, StoredOutput
 from ..models import Output, Target, Task
 
-__all__ = ["BatchProvider", "Hints", "SupportsBatch"]
+__all__ = ["BatchProvider", "Hints", "Listing", "SupportsBatch"]
 
 
 @runtime_checkable
@@ -75,10 +75,9 @@ class BatchProvider(Protocol):
     async def page(self, *, skip: int, take: int) -> list[Task]:
         """Recent tasks, newest first (only when ``supports_listing``)."""
 
-    async def fetch_output(
-        self, task: Task, output: Output, destination: pathlib.Path, *, checksum: bool
-    ) -> DownloadedFile:
-        """Download one output atomically to ``destination``."""
+    async def fetch_output(self, task: Task, output: Output, writer: OutputWriter) -> StoredOutput:
+        """Stream one output into ``writer`` and commit it (the writer computes the checksum
+        and makes the output appear under its final name only when complete)."""
 
     def request_counts(self) -> dict[str, int]:
         """Requests sent so far, by route."""
@@ -97,3 +96,17 @@ class Hints(Protocol):
 
     def subscribe(self, task_id: str, listener: Callable[[Task], None]) -> Callable[[], None]:
         """Call ``listener`` on each delivery about ``task_id``; returns the unsubscribe."""
+
+    def confirm(self, task: Task) -> None:
+        """An authenticated read showed ``task``: deliveries of what it shows are duplicates."""
+
+
+class Listing(Protocol):
+    """Where the watcher reads list pages and token searches look first, instead of the
+    provider's own listing (e.g. tasks one leader recorded for many workers)."""
+
+    async def page(self, *, skip: int, take: int) -> list[Task]:
+        """Snapshots of tasks in flight, a page at a time."""
+
+    async def find_token(self, token: str) -> Task | None:
+        """A known task carrying ``token`` in its metadata."""

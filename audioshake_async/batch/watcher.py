@@ -4,6 +4,14 @@ Many tasks in flight are swept: every ``GET /tasks`` page on the interval the po
 budget allows (a sweep costs per page, not per task, so no task keeps its own backoff and all
 are seen every sweep). A few tasks (or no listing) are read one by one with backoff. Every
 refresh request (hint confirmations included) is charged to the flow's poll budget.
+
+A webhook delivery is a hint: it names (target, status) pairs that a read must confirm. A
+delivery showing targets still running waits ``options.hint_coalesce`` seconds for their deliveries
+(each target has its own), so one read usually confirms the whole task; hints due together
+ride on list pages. A read that does not show a hinted change (stale snapshots are documented;
+a forged delivery never shows) is repeated with backoff, ``HINT_RETRIES`` times, then the task
+falls back to the safety poll. Every read is reported to the receiver, which deduplicates
+confirmed changes only.
 """
 
 from __future__ import annotations
@@ -57,8 +65,27 @@ class Stages(Protocol):
         """Create again a task that is gone."""
 
 
-#: Errors after which reading a task again cannot help.
-_REFUSED = (errors.AuthenticationError, errors.PermissionDeniedError, errors.BadRequestError)
+#: Backoff of the reads that did not (yet) show a delivery's change: 0.25, 0.5, 1, 2, 4, 8 s.
+HINT_RETRY_BASE = 0.25
+HINT_RETRY_MAX = 8.0
+HINT_RETRIES = 6
+
+
+def _terminal_keys(task: Task | None) -> frozenset[tuple[str, str]]:
+    if task is None:
+        return frozenset()
+    return frozenset((t.id, t.status) for t in task.targets if t.is_terminal)
+
+
+#: Errors after which reading a task again cannot help. An answer too large or too deep to
+#: parse is one: the item fails at once (a rerun resumes the task) instead of re-reading a
+#: hostile answer until the unreachable timeout.
+_REFUSED = (
+    errors.AuthenticationError,
+    errors.PermissionDeniedError,
+    errors.BadRequestError,
+    errors.ResponseParseError,
+)
 
 
 class Watcher:
@@ -105,19 +132,32 @@ class Watcher:
         receiver = self.pipeline.options.webhooks
         if receiver is not None:
             task_id = item.task_id
-            item.watch.unsubscribe = receiver.subscribe(task_id, lambda _: self.hint(task_id))
+            item.watch.unsubscribe = receiver.subscribe(
+                task_id, lambda delivery: self.hint(task_id, delivery)
+            )
         self._wake.set()
 
-    def hint(self, task_id: str) -> None:
-        """A delivery says the task changed: confirm it with a GET as soon as possible."""
+    def hint(self, task_id: str, delivery: Task | None = None) -> None:
+        """A delivery says the task changed: confirm it with a read soon.
+
+        Its news (pairs no read has shown) is remembered even when a read is due or in flight:
+        that read may have been answered before the change. A delivery that still shows running
+        targets waits a little for theirs, so one read confirms them all.
+        """
         item = self.pending.get(task_id)
         if item is None or item.finished:
             return
-        # Remembered even when a read is due or in flight: that read may have been answered
-        # before this delivery's change, and the next regular read is a safety poll away.
-        item.watch.hinted = True
-        if item.watch.next_due > time.monotonic():
-            self._schedule_at(item, time.monotonic())
+        announced = _terminal_keys(delivery) if delivery is not None else frozenset()
+        news = announced - _terminal_keys(item.task)
+        if delivery is not None and not news:
+            return  # nothing a read has not shown already
+        item.watch.hint_keys |= news
+        item.watch.hint_tries = 0
+        coalesce = delivery is not None and not delivery.is_done
+        due = time.monotonic() + (self.pipeline.options.hint_coalesce if coalesce else 0.0)
+        if item.watch.next_due > due:
+            item.watch.hinted = True
+            self._schedule_at(item, due)
             self._wake.set()
 
     def _interval(self, item: Item) -> float:
@@ -195,11 +235,13 @@ class Watcher:
                 if sweeping:
                     # Only confirmations of deliveries are read one by one; the rest ride
                     # on the next sweep.
+                    confirming = [i for i in due if i.watch.hinted or i.watch.hint_keys]
                     for item in due:
-                        if not item.watch.hinted:
+                        if not (item.watch.hinted or item.watch.hint_keys):
                             self._schedule_at(item, self._next_sweep + self._sweep_every)
-                    due = [item for item in due if item.watch.hinted]
-                await self._refresh(due, by_list=False)
+                    due = confirming
+                # Confirmations due together ride on list pages when those cost fewer requests.
+                await self._refresh(due, by_list=self._list_is_cheaper(len(due)))
 
     async def _sweep(self, now: float) -> None:
         """Every task in flight through list pages; the next sweep after the share's interval."""
@@ -242,7 +284,7 @@ class Watcher:
         if not due:
             return
         for item in due:
-            item.watch.hinted = False  # a delivery from now on needs a read after this one
+            item.watch.hinted = False  # a delivery from now on schedules a read of its own
         options = self.pipeline.options
         provider = self.pipeline.provider
         snapshots: dict[str, Task] = {}
@@ -311,8 +353,10 @@ class Watcher:
 
     async def _refresh_by_list(self, wanted: set[str], pages_estimate: int) -> dict[str, Task]:
         found: dict[str, Task] = {}
-        provider = self.pipeline.provider
-        page_size = provider.page_size
+        page_size = self.pipeline.provider.page_size
+        shared = self.pipeline.options.listing
+        # A shared listing (many workers) serves pages from the database: no API request.
+        source = shared or self.pipeline.provider
         limit = max(3, 2 * pages_estimate)
         # Pages in waves of up to poll_concurrency at once: each page waits its turn in the
         # rate limiter behind the creates, so one page at a time would make a sweep of many
@@ -322,9 +366,10 @@ class Watcher:
         failed: list[BaseException] = []
 
         async def fetch(number: int) -> None:
-            self.pipeline.flow.charge_polls(1)
+            if shared is None:
+                self.pipeline.flow.charge_polls(1)
             try:
-                pages[number] = await provider.page(skip=number * page_size, take=page_size)
+                pages[number] = await source.page(skip=number * page_size, take=page_size)
             except errors.AudioShakeError as exc:
                 failed.append(exc)
 
@@ -365,7 +410,21 @@ class Watcher:
     def _reschedule(self, item: Item) -> None:
         assert item.task_id is not None
         item.watch.polls += 1
-        self._schedule_at(item, time.monotonic() if item.watch.hinted else self._next_due(item))
+        watch = item.watch
+        if watch.hint_keys and watch.hint_tries < HINT_RETRIES:
+            # The read did not show what a delivery announced: a stale snapshot, most likely.
+            watch.hint_tries += 1
+            delay = min(HINT_RETRY_MAX, HINT_RETRY_BASE * 2 ** (watch.hint_tries - 1))
+            self._schedule_at(item, time.monotonic() + delay * (0.75 + 0.5 * random.random()))
+            return
+        if watch.hint_keys:
+            logger.info(
+                "task %s: a delivery was not confirmed by %d reads; back to the safety poll",
+                item.task_id,
+                HINT_RETRIES,
+            )
+            watch.hint_keys = frozenset()
+        self._schedule_at(item, self._next_due(item))
 
     async def _absorb(self, item: Item, snapshot: Task) -> bool:
         """Take in a snapshot; dispatch new outputs; True when the item left the watch."""
@@ -374,6 +433,11 @@ class Watcher:
         item.task = merge_task_snapshot(
             item.task if item.task is not None and item.task.id == snapshot.id else None, snapshot
         )
+        if item.watch.hint_keys:
+            item.watch.hint_keys -= _terminal_keys(item.task)
+        receiver = self.pipeline.options.webhooks
+        if receiver is not None:
+            receiver.confirm(snapshot)
         jobs = self.pipeline.plan_downloads(item, item.task)
         for job in jobs:
             assert self.downloads is not None

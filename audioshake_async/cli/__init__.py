@@ -9,8 +9,16 @@ command line (``parser``), shows progress (``display``) and runs the commands (`
 """
 
 from .display import ProgressTracker
-from .main import main
+from .main import entry, main
 from .parser import UsageError, build_parser, parse_targets
 from .run import RunSummary
 
-__all__ = ["ProgressTracker", "RunSummary", "UsageError", "build_parser", "main", "parse_targets"]
+__all__ = [
+    "ProgressTracker",
+    "RunSummary",
+    "UsageError",
+    "build_parser",
+    "entry",
+    "main",
+    "parse_targets",
+]

@@ -6,7 +6,7 @@ import argparse
 import os
 import pathlib
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from .._version import __version__
 from ..models import MAX_TARGETS_PER_TASK, Model, Target
@@ -38,6 +38,54 @@ class _Parser(argparse.ArgumentParser):
         raise ArgumentsError(message, self.prog)
 
 
+def add_target_options(parser: argparse.ArgumentParser) -> None:
+    """The options that say what to make: models, formats, service (run and submit)."""
+    parser.add_argument(
+        "-m",
+        "--model",
+        action="append",
+        metavar="MODEL[:VARIANT]",
+        help="model to run (repeatable), e.g. vocals, instrumental:high_quality",
+    )
+    parser.add_argument(
+        "-f",
+        "--format",
+        action="append",
+        metavar="FMT",
+        help="output format (repeatable; default wav)",
+    )
+    parser.add_argument(
+        "--provider",
+        choices=PROVIDERS,
+        default="audioshake",
+        help="service: audioshake (Tasks API, default), legacy (Jobs API), musicai",
+    )
+    parser.add_argument(
+        "--api",
+        choices=("tasks", "legacy"),
+        help="AudioShake API generation: tasks (default) or legacy (= --provider legacy)",
+    )
+    parser.add_argument("--workflow", metavar="SLUG", help="Music.AI workflow (--provider musicai)")
+    parser.add_argument("--residual", action="store_true", help="also produce <model>_residual")
+    parser.add_argument("--language", metavar="L", help="language for transcription/alignment")
+
+
+def add_s3_options(parser: argparse.ArgumentParser) -> None:
+    """Where ``s3://`` inputs and outputs live, and how long a presigned input URL lasts."""
+    parser.add_argument(
+        "--s3-endpoint",
+        metavar="URL",
+        help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL or AWS); credentials from "
+        "the standard AWS environment variables",
+    )
+    parser.add_argument(
+        "--s3-url-lifetime",
+        type=float,
+        metavar="S",
+        help="seconds a presigned s3:// input URL stays valid (default 43200: 12 h)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``audioshake-async``; its errors raise :class:`ArgumentsError`."""
     parser = _Parser(
@@ -57,35 +105,18 @@ def build_parser() -> argparse.ArgumentParser:
         "inputs",
         nargs="+",
         metavar="INPUT",
-        help="audio file, directory (recursive), https:// URL, or - for paths on stdin",
+        help="audio file, directory (recursive), https:// URL, s3://bucket/key, "
+        "s3://bucket/prefix/ (every input under it), or - for paths on stdin",
     )
+    add_target_options(run)
     run.add_argument(
-        "-m",
-        "--model",
-        action="append",
-        metavar="MODEL[:VARIANT]",
-        help="model to run (repeatable), e.g. vocals, instrumental:high_quality",
+        "-o",
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output directory, or s3://bucket/prefix (needs --journal)",
     )
-    run.add_argument(
-        "-f",
-        "--format",
-        action="append",
-        metavar="FMT",
-        help="output format (repeatable; default wav)",
-    )
-    run.add_argument("-o", "--out", required=True, metavar="DIR", help="output directory")
-    run.add_argument(
-        "--provider",
-        choices=PROVIDERS,
-        default="audioshake",
-        help="service: audioshake (Tasks API, default), legacy (Jobs API), musicai",
-    )
-    run.add_argument(
-        "--api",
-        choices=("tasks", "legacy"),
-        help="AudioShake API generation: tasks (default) or legacy (= --provider legacy)",
-    )
-    run.add_argument("--workflow", metavar="SLUG", help="Music.AI workflow (--provider musicai)")
+    add_s3_options(run)
     run.add_argument(
         "--webhook-listen",
         metavar="HOST:PORT",
@@ -101,8 +132,6 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not call POST /webhooks: print the URL to set in the dashboard instead",
     )
-    run.add_argument("--residual", action="store_true", help="also produce <model>_residual")
-    run.add_argument("--language", metavar="L", help="language for transcription/alignment")
     run.add_argument(
         "--concurrency",
         type=int,
@@ -119,7 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     journal = run.add_mutually_exclusive_group()
     journal.add_argument(
-        "--journal", metavar="PATH", help="resume journal (default OUT/.audioshake-journal.sqlite)"
+        "--journal",
+        metavar="PATH|POSTGRESQL_URL",
+        help="resume journal (default OUT/.audioshake-journal.sqlite); a postgresql:// URL "
+        "makes the run a batch other workers can join",
     )
     journal.add_argument(
         "--no-journal", action="store_true", help="do not keep a journal (a re-run starts over)"
@@ -151,13 +183,43 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="R",
         help="API requests per second at most (default 60, the account limit)",
     )
+    add_transport_arguments(run)
+    download = run.add_argument_group("download bounds (against a misbehaving server)")
+    download.add_argument(
+        "--max-download-size",
+        dest="max_bytes",
+        type=_size,
+        metavar="BYTES",
+        help="refuse an output larger than this (suffixes K, M, G; default 4G)",
+    )
+    download.add_argument(
+        "--speed-limit",
+        dest="low_speed_limit",
+        type=float,
+        metavar="BPS",
+        help="with --speed-time: slower than BPS bytes/s is a stalled download (default 1024)",
+    )
+    download.add_argument(
+        "--speed-time",
+        dest="low_speed_time",
+        type=float,
+        metavar="S",
+        help="seconds below --speed-limit before a download attempt is retried (default 60)",
+    )
     run.add_argument("--json", action="store_true", help="print one JSON summary at the end")
     run.add_argument("--quiet", action="store_true", help="no progress display")
+
+    run.add_argument(
+        "--batch", metavar="NAME", help="batch name with a postgresql:// --journal (default: OUT)"
+    )
+
+    add_cluster_commands(commands)
 
     models = commands.add_parser("models", help="list the models available to the account")
     models.add_argument("--api-key")
     models.add_argument("--base-url")
     models.add_argument("--emulator", action="store_true")
+    add_transport_arguments(models)
 
     commands.add_parser("emulator", help="run the local AudioShake emulator", add_help=False)
 
@@ -170,6 +232,118 @@ def build_parser() -> argparse.ArgumentParser:
     )
     migrate.add_argument("file", metavar="FILE.json", help="legacy job requests (- for stdin)")
     return parser
+
+
+def _journal_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--journal", required=True, metavar="POSTGRESQL_URL", help="postgresql://user@host/db"
+    )
+    parser.add_argument("--batch", required=True, metavar="NAME", help="the batch's name")
+
+
+def _service_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--api-key", help="API key (default: the service's environment variable)")
+    parser.add_argument("--base-url", help="API base URL (default: the service's)")
+    parser.add_argument(
+        "--rate-limit",
+        type=float,
+        default=60.0,
+        metavar="R",
+        help="API requests/s at most, for all the workers of the account together (60)",
+    )
+
+
+def add_cluster_commands(commands: Any) -> None:
+    """Add ``submit``, ``worker``, ``status`` and ``audit`` to the subcommands."""
+    sub = commands.add_parser(
+        "submit",
+        help="register a batch and its inputs in a PostgreSQL journal (idempotent)",
+        description="Register the batch NAME (models, formats, output directory) and its "
+        "inputs; submitting again adds only new inputs. Workers then process it.",
+    )
+    sub.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="file, directory, https:// URL, s3://bucket/key or s3://bucket/prefix/",
+    )
+    _journal_options(sub)
+    add_target_options(sub)
+    sub.add_argument(
+        "-o",
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output directory every worker reaches, or s3://bucket/prefix",
+    )
+    add_s3_options(sub)
+    _service_options(sub)
+
+    worker = commands.add_parser(
+        "worker",
+        help="claim and process a batch's items until none is left (run it N times)",
+        description="Exit 0 when the batch has nothing left (1 if items failed, 3 if a lease "
+        "was lost: restart it); SIGTERM stops it cleanly, its leases released.",
+    )
+    _journal_options(worker)
+    _service_options(worker)
+    worker.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        metavar="N",
+        help="uploads at once (downloads: 2N; default: adaptive from 4, downloads 8)",
+    )
+    worker.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=None,
+        metavar="N",
+        help="tasks waited on at once, at most (default: sized from Little's law, up to 20000)",
+    )
+    worker.add_argument(
+        "--lease", type=float, default=120.0, metavar="S", help="claim lease seconds (120)"
+    )
+    worker.add_argument(
+        "--request-timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds an API call may take (60); POST /tasks is sent only with this much "
+        "lease left, plus a margin",
+    )
+    worker.add_argument("--timeout", type=float, metavar="S", help="give up on a task after S")
+    worker.add_argument(
+        "--local-rate-limit",
+        action="store_true",
+        help="enforce --rate-limit in this process only (default: one budget shared by every "
+        "worker of the account, kept in the journal's database)",
+    )
+    worker.add_argument("--json", action="store_true", help="print one JSON summary at the end")
+    worker.add_argument("--quiet", action="store_true", help="no progress display")
+
+    status = commands.add_parser("status", help="a batch's counts, workers alive and failures")
+    _journal_options(status)
+    status.add_argument("--json", action="store_true", help="print JSON")
+
+    audit = commands.add_parser(
+        "audit", help="list tasks of the account that share a client token (double billing)"
+    )
+    _journal_options(audit)
+    _service_options(audit)
+
+
+def targets_from_args(args: argparse.Namespace) -> list[Target]:
+    """The targets the options ask for (``--provider``/``--api`` settled first)."""
+    if args.api == "legacy":
+        args.provider = "legacy"
+    if args.provider == "musicai":
+        if not args.workflow:
+            raise UsageError("--provider musicai needs --workflow SLUG")
+        return [Target(args.workflow, ("auto",))]
+    if not args.model:
+        raise UsageError("give at least one model with -m/--model")
+    return parse_targets(args.model, args.format, residual=args.residual, language=args.language)
 
 
 def parse_targets(
@@ -233,3 +407,28 @@ def check_out_dir(out: str) -> pathlib.Path:
     if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
         raise UsageError(f"output directory {out!r} is not writable")
     return path
+
+
+def add_transport_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--allow-insecure-http``: plain http to a remote host, for deliberate setups only."""
+    parser.add_argument(
+        "--allow-insecure-http",
+        action="store_true",
+        help="allow a plain http base URL on a remote host (the key then travels in clear text)",
+    )
+
+
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _size(text: str) -> int:
+    """``123``, ``64K``, ``500M``, ``8G`` (binary units) as bytes."""
+    value = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = value[-1:] if value[-1:] in _SIZE_UNITS else ""
+    try:
+        number = float(value[: len(value) - len(unit)])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 500M, 8G)") from None
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"a size must be positive, got {text!r}")
+    return int(number * _SIZE_UNITS[unit])

@@ -12,13 +12,14 @@ import contextlib
 import os
 import pathlib
 from collections.abc import AsyncIterator, Sequence
-from typing import TextIO
+from typing import Any, TextIO
 
 import anyio
 import attrs
 
 from .. import errors
 from ..batch import BatchProvider
+from ..core.download import DownloadLimits
 from ..core.http import DEFAULT_RATE_LIMIT
 from ..legacy import (
     DEFAULT_LEGACY_BASE_URL,
@@ -59,6 +60,24 @@ class OpenProvider:
     webhooks: WebhooksResource | None = None
 
 
+def client_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The transport settings every client takes from the command line (bounds, http opt-in)."""
+    settings: dict[str, Any] = {"allow_insecure_http": getattr(args, "allow_insecure_http", False)}
+    if getattr(args, "request_timeout", None):
+        settings["timeout"] = args.request_timeout
+    limits = {
+        name: getattr(args, name)
+        for name in ("max_bytes", "low_speed_limit", "low_speed_time")
+        if getattr(args, name, None) is not None
+    }
+    if limits:
+        try:
+            settings["download_limits"] = DownloadLimits(**limits)
+        except errors.ConfigurationError as exc:
+            raise UsageError(str(exc)) from None
+    return settings
+
+
 def emulator_missing(exc: ImportError) -> UsageError:
     """The usage error for ``--emulator`` without the ``[emulator]`` extra installed."""
     return UsageError(
@@ -89,7 +108,9 @@ async def tasks_api(
             raise emulator_missing(exc) from None
         async with (
             Emulator(delay=delay) as emulator,
-            AudioShake(emulator.api_key, emulator.base_url, rate_limit=rate_limit) as client,
+            AudioShake(
+                emulator.api_key, emulator.base_url, rate_limit=rate_limit, **client_settings(args)
+            ) as client,
         ):
             yield client
         return
@@ -97,7 +118,7 @@ async def tasks_api(
     if not key:
         raise UsageError(f"no API key: set {ENV_API_KEY}, pass --api-key, or use --emulator")
     base_url = args.base_url or os.environ.get(ENV_BASE_URL) or None
-    async with AudioShake(key, base_url, rate_limit=rate_limit) as client:
+    async with AudioShake(key, base_url, rate_limit=rate_limit, **client_settings(args)) as client:
         yield client
 
 
@@ -170,7 +191,9 @@ def _ledger_path(args: argparse.Namespace) -> pathlib.Path | None:
 def _legacy_client(token: str, base_url: str, args: argparse.Namespace) -> LegacyClient:
     try:
         with deprecation_acknowledged():
-            return LegacyClient(token, base_url, rate_limit=args.rate_limit)
+            return LegacyClient(
+                token, base_url, rate_limit=args.rate_limit, **client_settings(args)
+            )
     except errors.ConfigurationError as exc:
         raise UsageError(str(exc)) from None
 
@@ -256,7 +279,12 @@ async def _open_musicai(
             raise emulator_missing(exc) from None
         async with (
             MusicAIEmulator(delay=args.emulator_delay) as emulator,
-            MusicAI(emulator.api_key, emulator.base_url, rate_limit=args.rate_limit) as client,
+            MusicAI(
+                emulator.api_key,
+                emulator.base_url,
+                rate_limit=args.rate_limit,
+                **client_settings(args),
+            ) as client,
         ):
             yield await _checked_musicai(client, workflow)
         return
@@ -264,5 +292,7 @@ async def _open_musicai(
     if not key:
         raise UsageError(f"no API key: set {MUSICAI_API_KEY}, pass --api-key, or use --emulator")
     base_url = args.base_url or os.environ.get(MUSICAI_BASE_URL_ENV) or MUSICAI_BASE_URL
-    async with MusicAI(key, base_url, rate_limit=args.rate_limit) as client:
+    async with MusicAI(
+        key, base_url, rate_limit=args.rate_limit, **client_settings(args)
+    ) as client:
         yield await _checked_musicai(client, workflow)

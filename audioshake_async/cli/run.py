@@ -7,21 +7,26 @@ import contextlib
 import json
 import pathlib
 import sys
+from collections.abc import AsyncIterator
 from typing import Any, TextIO
 
+import anyio.to_thread
 import attrs
 
+from .. import errors
 from ..batch import (
     BatchEvent,
     BatchOptions,
     BatchResult,
     FlowUpdate,
+    SqliteJournal,
     expand_inputs,
     run_batch,
 )
-from ..models import Target
+from ..batch.journal_pg import is_postgres_dsn
+from ..storage.s3 import S3Settings, S3Uri, is_s3_uri
 from .display import ProgressTracker, live_display
-from .parser import EXIT_ITEMS_FAILED, EXIT_OK, UsageError, check_out_dir, parse_targets
+from .parser import EXIT_ITEMS_FAILED, EXIT_OK, UsageError, check_out_dir, targets_from_args
 from .providers import JOURNAL_NAME, open_provider, serve_webhooks, tasks_api
 
 
@@ -42,6 +47,8 @@ class RunSummary:
     #: The engine's last budget figures (window, processing time, shares).
     flow: FlowUpdate | None = None
     records: list[tuple[str, str, str | None, tuple[str, ...], str | None]] = attrs.Factory(list)
+    #: Why the batch stopped before its end (the journal failed), if it did.
+    stopped: str | None = None
 
     def add(self, result: BatchResult, *, error: str | None = None) -> None:
         """Count one finished item; ``error`` overrides the result's own."""
@@ -56,7 +63,7 @@ class RunSummary:
             self.failures.append((result.input, error))
         if self.keep_records:
             task_id = result.task.id if result.task else None
-            files = tuple(str(p) for p in result.files)
+            files = result.locations or tuple(str(p) for p in result.files)
             self.records.append((result.input, result.status, task_id, files, error))
 
     def observe(self, event: BatchEvent) -> None:
@@ -86,6 +93,8 @@ class RunSummary:
             "failed": self.failed,
             "api_requests": dict(sorted(requests.items())),
         }
+        if self.stopped is not None:
+            head = {"stopped": self.stopped, **head}
         if self.flow is not None:
             head["flow"] = self.flow.to_json()
         head["results"] = []
@@ -108,31 +117,56 @@ class RunSummary:
         out.write("\n  ]\n}\n")
 
 
+@contextlib.asynccontextmanager
+async def open_journal(path: str | None) -> AsyncIterator[SqliteJournal | None]:
+    """The run's journal (None: the engine keeps a throw-away one), locked for the whole run.
+
+    Opened before the provider: a journal in use by another run is refused (JournalBusyError,
+    exit 2) before any request.
+    """
+    if path is None:
+        yield None
+        return
+    journal = await anyio.to_thread.run_sync(SqliteJournal, path)
+    try:
+        yield journal
+    finally:
+        await anyio.to_thread.run_sync(journal.close)
+
+
 async def run_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """``run INPUT...``: the batch, its progress on stderr, the summary on stdout."""
-    if args.api == "legacy":
-        args.provider = "legacy"
-    if args.provider == "musicai":
-        if not args.workflow:
-            raise UsageError("--provider musicai needs --workflow SLUG")
-        targets = [Target(args.workflow, ("auto",))]
-    else:
-        if not args.model:
-            raise UsageError("give at least one model with -m/--model")
-        targets = parse_targets(
-            args.model, args.format, residual=args.residual, language=args.language
-        )
+    targets = targets_from_args(args)
+    if is_postgres_dsn(args.journal):
+        from .cluster import run_on_postgres
+
+        return await run_on_postgres(args, targets, out, err)
     if (args.concurrency is not None and args.concurrency < 1) or (
         args.max_in_flight is not None and args.max_in_flight < 1
     ):
         raise UsageError("--concurrency and --max-in-flight must be at least 1")
     if args.timeout is not None and args.timeout <= 0:
         raise UsageError("--timeout must be positive")
-    out_dir = check_out_dir(args.out)
+    out_dir: str | pathlib.Path
+    s3 = s3_settings(args)
+    if is_s3_uri(args.out):
+        try:
+            S3Uri.parse(args.out)
+        except errors.ValidationError as exc:
+            raise UsageError(str(exc)) from None
+        if not (args.journal or args.no_journal):
+            raise UsageError(
+                "with -o s3://..., give --journal PATH (a local file: resume and no double "
+                "billing depend on it) or --no-journal"
+            )
+        out_dir = args.out
+    else:
+        out_dir = check_out_dir(args.out)
     journal: str | None = None
     if not args.no_journal:
-        journal = args.journal or str(out_dir / JOURNAL_NAME)
+        journal = args.journal or str(pathlib.Path(out_dir) / JOURNAL_NAME)
     options = BatchOptions(
+        s3=s3,
         upload_concurrency=args.concurrency,
         download_concurrency=8 if args.concurrency is None else 2 * args.concurrency,
         max_in_flight=args.max_in_flight,
@@ -152,6 +186,7 @@ async def run_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int
         unreadable[path] = f"cannot read directory: {exc.strerror or exc}"
 
     async with (
+        open_journal(journal) as store,
         open_provider(args, targets) as opened,
         serve_webhooks(args, opened.webhooks, err) as receiver,
     ):
@@ -159,7 +194,7 @@ async def run_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int
             options = attrs.evolve(options, webhooks=receiver)
         inputs = expand_inputs(
             args.inputs,
-            exclude=[out_dir],
+            exclude=[] if isinstance(out_dir, str) else [out_dir],
             on_unreadable=on_unreadable,
             extensions=opened.provider.input_extensions,
         )
@@ -169,16 +204,20 @@ async def run_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int
                 inputs,
                 targets=targets,
                 out_dir=out_dir,
-                journal=journal,
+                journal=store,
                 progress=on_event,
                 options=options,
             )
             async with contextlib.aclosing(batch):
-                async for result in batch:
-                    tracker.record(result)
-                    # The engine only sees "not a regular file"; the walk knows why.
-                    reason = unreadable.pop(result.input, None) if not result.ok else None
-                    summary.add(result, error=reason)
+                try:
+                    async for result in batch:
+                        tracker.record(result)
+                        # The engine only sees "not a regular file"; the walk knows why.
+                        reason = unreadable.pop(result.input, None) if not result.ok else None
+                        summary.add(result, error=reason)
+                except errors.JournalError as exc:
+                    # A clean stop (a full disk): every item in flight was reported failed.
+                    summary.stopped = str(exc)
         requests = opened.provider.request_counts()
     # Failures go to stderr in both modes: with --json, stdout stays one JSON document.
     for item, error in summary.failures:
@@ -186,6 +225,8 @@ async def run_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int
     flow_line = summary.flow_line()
     if flow_line is not None and not args.quiet and not args.json:
         print(flow_line, file=err)
+    if summary.stopped is not None:
+        print(f"STOPPED: {summary.stopped}; re-run the same command to resume", file=err)
     if args.json:
         summary.write_json(out, requests)
     else:
@@ -194,7 +235,20 @@ async def run_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int
             f"{summary.failed} failed; outputs in {out_dir}",
             file=out,
         )
-    return EXIT_ITEMS_FAILED if summary.failed else EXIT_OK
+    return EXIT_ITEMS_FAILED if summary.failed or summary.stopped else EXIT_OK
+
+
+def s3_settings(args: argparse.Namespace) -> S3Settings | None:
+    """The S3 settings the flags ask for (None: the AWS environment's defaults)."""
+    if args.s3_endpoint is None and args.s3_url_lifetime is None:
+        return None
+    try:
+        return S3Settings(
+            endpoint=args.s3_endpoint,
+            **({"url_lifetime": args.s3_url_lifetime} if args.s3_url_lifetime else {}),
+        )
+    except errors.ValidationError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def migrate_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

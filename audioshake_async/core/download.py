@@ -1,35 +1,40 @@
-"""Downloads that never leave a partial file under its final name.
+"""Downloads that never leave a partial output under its final name.
 
-Bytes stream into a hidden ``.<name>.part`` file in the destination directory; the byte count is
-checked against ``Content-Length`` and the file is renamed into place only when complete. A
+Bytes stream into an :class:`~audioshake_async.core.sink.OutputWriter` (a hidden part file
+unique to this writer and locked while written, renamed into place: ``core.parts``; or a
+multipart upload); the byte count is checked against ``Content-Length`` and the writer commits
+only when complete, or is aborted. A
 truncated or failed transfer resumes with ``Range`` when the server supports it (else restarts);
 a 403 (signed links expire after an hour) asks the caller for a fresh link. A ``Retry-After``
 on a retryable answer (429, 503...) sets the wait, capped like the API's (``max_retry_after``).
+
+Bounds (:class:`DownloadLimits`): a body declared or grown larger than ``max_bytes`` is refused
+(never retried); reading stops at the declared length; an attempt that receives fewer than
+``low_speed_limit`` bytes/s for ``low_speed_time`` seconds (curl's ``--speed-limit`` /
+``--speed-time``), waiting for the answer's headers included, is a stalled attempt: dropped and
+retried like a dropped connection. Redirect targets never receive the API key.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
-import hashlib
 import logging
-import os
 import pathlib
 import random
 import re
 from collections.abc import Awaitable, Callable
-from typing import IO, Any
+from typing import Any
 
 import anyio
-import anyio.to_thread
 import attrs
 
 from .. import errors
 from .http import RetryPolicy, is_retryable_status, parse_retry_after, redact_url
+from .sink import DiskWriter, OutputWriter, StoredOutput
 from .transport import Transport
 
-__all__ = ["DownloadedFile", "fetch_to_file"]
+__all__ = ["DownloadLimits", "DownloadedFile", "fetch_to", "fetch_to_file"]
 
 logger = logging.getLogger("audioshake_async")
 
@@ -48,6 +53,58 @@ DownloadProgress = Callable[[int, "int | None"], None]
 LinkRefresher = Callable[[], Awaitable[str]]
 
 
+def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not value > 0 or value != value or value == float("inf"):
+        raise errors.ConfigurationError(
+            f"{attribute.name} must be a positive number, got {value!r}"
+        )
+
+
+@attrs.frozen
+class DownloadLimits:
+    """Bounds of one download.
+
+    ``max_bytes`` (default 4 GiB, twice the 2 GB input limit: a stem is as long as its input,
+    so this is above any real one) refuses
+    a larger body. Fewer than ``low_speed_limit`` bytes per second (default 1 KiB/s) over
+    ``low_speed_time`` seconds (default 60) makes the attempt a stall, retried with backoff:
+    a stalled output costs minutes, not the transfer timeout of every attempt.
+    """
+
+    max_bytes: int = attrs.field(default=4 << 30, validator=_positive)
+    low_speed_limit: float = attrs.field(default=1024.0, validator=_positive)
+    low_speed_time: float = attrs.field(default=60.0, validator=_positive)
+
+
+class _TooLarge(Exception):
+    """The body is larger than the limit: not retried."""
+
+
+class _Stalled(Exception):
+    """Fewer bytes than the low-speed limit arrived in the low-speed window."""
+
+
+class _SpeedGuard:
+    """Cancels the attempt when the low-speed window passes without enough bytes.
+
+    Each window of ``low_speed_time`` seconds must bring ``low_speed_limit * low_speed_time``
+    bytes; every window that does pushes the deadline one window on.
+    """
+
+    def __init__(self, limits: DownloadLimits, scope: anyio.CancelScope) -> None:
+        self._needed = max(1, int(limits.low_speed_limit * limits.low_speed_time))
+        self._window = limits.low_speed_time
+        self._scope = scope
+        self._got = 0
+        scope.deadline = anyio.current_time() + self._window
+
+    def feed(self, size: int) -> None:
+        self._got += size
+        if self._got >= self._needed:
+            self._got = 0
+            self._scope.deadline = anyio.current_time() + self._window
+
+
 @attrs.frozen
 class DownloadedFile:
     """A file written completely: its final path, size and SHA-256 (when computed)."""
@@ -62,43 +119,18 @@ class _Truncated(Exception):
 
 
 @attrs.define
-class _PartFile:
-    """The hidden file being written, and what is known about the transfer so far."""
+class _Transfer:
+    """What is known about one output's transfer so far; the bytes go to ``writer``."""
 
-    handle: IO[bytes]
-    checksum: bool
+    writer: OutputWriter
     written: int = 0
     accepts_ranges: bool = False
     etag: str | None = None
-    digest: Any = None
 
-    def __attrs_post_init__(self) -> None:
-        self.digest = hashlib.sha256() if self.checksum else None
-
-    def write(self, chunks: list[bytes]) -> None:
-        """Append (runs in a worker thread)."""
-        # The network chunks are written as they are: joining them first would copy every byte.
-        self.handle.writelines(chunks)
-        if self.digest is not None:
-            for chunk in chunks:
-                self.digest.update(chunk)
-
-    def restart(self) -> None:
-        """Drop what was written (runs in a worker thread)."""
-        self.handle.seek(0)
-        self.handle.truncate()
+    async def restart(self) -> None:
+        """Drop what was written: the next bytes start the body again."""
+        await self.writer.restart()
         self.written = 0
-        self.digest = hashlib.sha256() if self.checksum else None
-
-
-def _open_part(path: pathlib.Path) -> IO[bytes]:
-    return open(path, "wb")
-
-
-def _close_and_replace(handle: IO[bytes], part_path: pathlib.Path, final: pathlib.Path) -> None:
-    """Close the complete ``.part`` file and rename it into place (one worker-thread hop)."""
-    handle.close()
-    os.replace(part_path, final)
 
 
 async def fetch_to_file(
@@ -110,95 +142,101 @@ async def fetch_to_file(
     retry: RetryPolicy | None = None,
     checksum: bool = True,
     progress: DownloadProgress | None = None,
+    limits: DownloadLimits | None = None,
 ) -> DownloadedFile:
     """Download ``link`` to ``destination`` atomically, with resume, retries and link refresh."""
+    writer = await DiskWriter.open(destination, checksum=checksum)
+    stored = await fetch_to(
+        transport, link, writer, refresh=refresh, retry=retry, progress=progress, limits=limits
+    )
+    return DownloadedFile(destination, stored.size, stored.sha256)
+
+
+async def fetch_to(
+    transport: Transport,
+    link: str,
+    writer: OutputWriter,
+    *,
+    refresh: LinkRefresher | None = None,
+    retry: RetryPolicy | None = None,
+    progress: DownloadProgress | None = None,
+    limits: DownloadLimits | None = None,
+) -> StoredOutput:
+    """Stream ``link`` into ``writer`` (any :class:`OutputWriter`: a file, a multipart upload)
+    and commit it; on any failure the writer is aborted, so nothing appears under its name."""
     policy = retry or transport.retry
-    part_path = destination.with_name(f".{destination.name}.part")
-    # Opened on the loop, not in a thread: a cancellation while a worker thread opened the file
-    # would drop the handle unclosed. Creating a local file does not block. The directory is
-    # made (in a thread) only when missing: a thread hop costs more than the open itself.
-    try:
-        handle = _open_part(part_path)
-    except FileNotFoundError:
-        await anyio.to_thread.run_sync(
-            lambda: destination.parent.mkdir(parents=True, exist_ok=True)
-        )
-        handle = _open_part(part_path)
-    part = _PartFile(handle, checksum)
+    bounds = limits or DownloadLimits()
+    name = writer.location.rstrip("/").rsplit("/", 1)[-1]
+    part = _Transfer(writer)
     failures = 0
     refreshes = 0
     current = link
-    completed = False
     try:
         while True:
             retry_after: float | None = None
+            too_large: str | None = None
             try:
-                status, retry_after = await _attempt(transport, current, part, progress)
-            except (_Truncated, errors.APIConnectionError) as exc:
+                with anyio.CancelScope() as scope:
+                    guard = _SpeedGuard(bounds, scope)
+                    status, retry_after = await _attempt(
+                        transport, current, part, progress, bounds, guard
+                    )
+                if scope.cancelled_caught:
+                    raise _Stalled(
+                        f"stalled: under {bounds.low_speed_limit:g} bytes/s for "
+                        f"{bounds.low_speed_time:g} s"
+                    )
+            except _TooLarge as exc:
+                too_large = str(exc)
+                status, reason = 0, too_large
+            except (_Truncated, _Stalled, errors.APIConnectionError) as exc:
                 status, reason = 0, str(exc) or type(exc).__name__
             else:
                 if status in (200, 206):
-                    completed = True
                     break
                 reason = f"HTTP {status}"
+            if too_large is not None:
+                raise errors.DownloadError(f"{name}: {too_large}")
             if status in (401, 403) and refresh is not None:
                 if refreshes >= MAX_LINK_REFRESHES:
                     raise errors.DownloadError(
-                        f"{destination.name}: link still refused after {refreshes} refreshes"
+                        f"{name}: link still refused after {refreshes} refreshes"
                     )
                 refreshes += 1
-                logger.info(
-                    "download link for %s refused (%s); fetching a fresh one",
-                    destination.name,
-                    reason,
-                )
+                logger.info("download link for %s refused (%s); fetching a fresh one", name, reason)
                 current = await refresh()
                 continue
             if status and not is_retryable_status(status):
-                raise errors.DownloadError(
-                    f"{destination.name}: {redact_url(current)} answered {reason}"
-                )
+                raise errors.DownloadError(f"{name}: {redact_url(current)} answered {reason}")
             if retry_after is not None and retry_after > policy.max_retry_after:
                 # As for API calls: a wait that long is an outage, not a blip; do not stall.
                 raise errors.DownloadError(
-                    f"{destination.name}: {redact_url(current)} answered {reason} with "
+                    f"{name}: {redact_url(current)} answered {reason} with "
                     f"Retry-After {retry_after:g} s, over the {policy.max_retry_after:g} s limit"
                 )
             failures += 1
             if failures > policy.max_retries:
-                raise errors.DownloadError(
-                    f"{destination.name}: gave up after {failures} attempts ({reason})"
-                )
+                raise errors.DownloadError(f"{name}: gave up after {failures} attempts ({reason})")
             if part.written and not part.accepts_ranges:
-                await anyio.to_thread.run_sync(part.restart)
+                await part.restart()
             delay = policy.delay(failures, random.random(), retry_after)
-            logger.info(
-                "retrying download of %s after %s in %.2f s", destination.name, reason, delay
-            )
+            logger.info("retrying download of %s after %s in %.2f s", name, reason, delay)
             await anyio.sleep(delay)
-    finally:
-        if not completed:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(part.handle.close)
-                with contextlib.suppress(OSError):
-                    await anyio.to_thread.run_sync(part_path.unlink)
-    with anyio.CancelScope(shield=True):
-        try:
-            await anyio.to_thread.run_sync(_close_and_replace, part.handle, part_path, destination)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                part.handle.close()  # a no-op: closed even when the close raised
-                await anyio.to_thread.run_sync(part_path.unlink)
-            raise
-    sha256 = part.digest.hexdigest() if part.digest is not None else None
-    return DownloadedFile(destination, part.written, sha256)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await writer.abort()
+        raise
+    # commit() aborts by itself when it fails.
+    return await writer.commit()
 
 
 async def _attempt(
     transport: Transport,
     url: str,
-    part: _PartFile,
+    part: _Transfer,
     progress: DownloadProgress | None,
+    limits: DownloadLimits,
+    guard: _SpeedGuard,
 ) -> tuple[int, float | None]:
     """One GET (following redirects) appended to ``part``: the final status and Retry-After.
 
@@ -210,12 +248,15 @@ async def _attempt(
         headers["Range"] = f"bytes={part.written}-"
         if part.etag:
             headers["If-Range"] = part.etag
+    redirected = False
     for _ in range(MAX_REDIRECTS + 1):
-        async with transport.open_download(url, headers) as response:
+        # A redirect target gets no key, even on the API host: the link's server chose it.
+        async with transport.open_download(url, headers, authenticate=not redirected) as response:
             status = response.status
             if status in (301, 302, 303, 307, 308) and "Location" in response.headers:
-                # Followed by hand so the credential is re-decided for each host.
+                # Followed by hand so no credential rides along (aiohttp would keep headers).
                 url = str(response.headers["Location"])
+                redirected = True
                 continue
             if response.headers.get("Accept-Ranges", "").lower() == "bytes":
                 part.accepts_ranges = True
@@ -227,15 +268,19 @@ async def _attempt(
                 match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
                 if not match or int(match.group(1)) != part.written:
                     # Not the piece asked for: start again from zero, without Range.
-                    await anyio.to_thread.run_sync(part.restart)
+                    await part.restart()
                     part.accepts_ranges = False
                     raise _Truncated("server sent an unexpected byte range")
                 total = int(match.group(3)) if match.group(3) != "*" else None
             else:
                 if part.written:
-                    await anyio.to_thread.run_sync(part.restart)
+                    await part.restart()
                 length = response.headers.get("Content-Length")
                 total = int(length) if length and length.isdigit() else None
+            if total is not None and total > limits.max_bytes:
+                raise _TooLarge(
+                    f"{redact_url(url)} declares {total} bytes, over the {limits.max_bytes} limit"
+                )
             # Chunks are batched in a list, not a bytearray: growing and emptying a 1 MiB
             # bytearray reallocates and copies it over and over. A batch is written in a worker
             # thread while the next one arrives: waiting for each write before reading on stalls
@@ -244,7 +289,16 @@ async def _attempt(
             writer = _Writer(part, total, progress)
             try:
                 async for chunk in response.iter_chunks(WRITE_BATCH):
+                    guard.feed(len(chunk))
                     batch.add(chunk)
+                    received = part.written + batch.size + writer.in_flight
+                    if total is not None and received > total:
+                        # More than declared: keep the declared bytes, drop the rest.
+                        raise _Truncated(f"body longer than the declared {total} bytes")
+                    if received > limits.max_bytes:
+                        raise _TooLarge(
+                            f"{redact_url(url)} sent more than the {limits.max_bytes}-byte limit"
+                        )
                     if batch.size >= WRITE_BATCH:
                         await writer.submit(batch)
             finally:
@@ -273,30 +327,34 @@ class _Batch:
 
 
 class _Writer:
-    """Writes batches in a worker thread, one at a time, while the caller reads the next one.
+    """Hands batches to the writer, one at a time, while the caller reads the next one.
 
-    ``part.written`` and the progress callback count a batch as soon as it is on disk.
+    ``part.written`` and the progress callback count a batch as soon as the writer has it.
     """
 
     def __init__(
-        self, part: _PartFile, total: int | None, progress: DownloadProgress | None
+        self, part: _Transfer, total: int | None, progress: DownloadProgress | None
     ) -> None:
         self._part = part
         self._total = total
         self._progress = progress
         self._pending: asyncio.Future[None] | None = None
+        #: Bytes of the batch being written (not yet counted in ``part.written``).
+        self.in_flight = 0
 
     async def submit(self, batch: _Batch) -> None:
         """Wait for the write in flight, then start writing ``batch`` (which is emptied)."""
         await self.finish()
         chunks, size = batch.chunks, batch.size
         batch.chunks, batch.size = [], 0
-        pending = asyncio.get_running_loop().run_in_executor(None, self._part.write, chunks)
+        pending = asyncio.ensure_future(self._part.writer.write(chunks))
+        self.in_flight = size
         pending.add_done_callback(lambda done: self._written(done, size))
         self._pending = pending
 
     def _written(self, done: asyncio.Future[None], size: int) -> None:
-        # Runs on the loop when the thread finishes, before any waiter of ``done`` resumes.
+        # Runs on the loop when the write finishes, before any waiter of ``done`` resumes.
+        self.in_flight = 0
         if done.cancelled() or done.exception() is not None:
             return
         self._part.written += size

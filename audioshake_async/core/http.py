@@ -7,18 +7,29 @@ so every rule is unit-tested with plain data.
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
 import email.utils
+import ipaddress
 import json
 import math
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 import attrs
 
 from .. import errors
 from .._convert import converter
+
+#: A check run just before each API request of the current task is sent (it raises to stop
+#: it). The batch engine sets it around ``POST /tasks`` to refuse sending once a shared
+#: journal's lease no longer covers the request.
+SEND_GUARD: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
+    "audioshake_send_guard", default=None
+)
+
 
 T = TypeVar("T")
 
@@ -112,13 +123,72 @@ def _body_fields(body: Any) -> tuple[str | None, str | None]:
     return None, None
 
 
-def decode_body(raw: bytes) -> Any:
+def decode_body(raw: bytes | bytearray) -> Any:
     """JSON when the body is JSON, else the text (error bodies are not always JSON)."""
     text = raw.decode("utf-8", errors="replace")
     try:
-        return json.loads(text)
-    except ValueError:
+        return parse_json(raw)
+    except errors.ResponseParseError:
         return text
+
+
+# --------------------------------------------------------------------------- response bounds
+
+#: Largest JSON answer read (bytes). The biggest documented answer, a page of 100 tasks with
+#: 20 targets each, is well under 1 MiB; 16 MiB is generous and keeps a hostile answer's cost
+#: to tens of MiB of memory.
+DEFAULT_MAX_JSON_BYTES = 16 << 20
+#: Deepest nesting accepted in a JSON answer. A task is about 6 levels deep; json.loads alone
+#: would raise a bare RecursionError near 1,000 (or crash a thread with a small stack).
+MAX_JSON_DEPTH = 64
+
+
+def _too_deep(value: Any, max_depth: int) -> bool:
+    """True when ``value`` nests containers deeper than ``max_depth`` (walked without
+    recursion, containers only: a page of 100 tasks is a few thousand steps)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > max_depth:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        for child in children:
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
+    return False
+
+
+def parse_json(raw: bytes | bytearray, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Decode a JSON answer, bounded in depth; every failure is a ResponseParseError.
+
+    The C decoder raises RecursionError (not a crash) past the interpreter's recursion limit;
+    anything deeper than ``max_depth`` that it did decode is refused too, so no later step
+    (structuring, repr, logging) recurses through a hostile shape.
+    """
+    failure: str
+    try:
+        value = json.loads(raw)
+    except RecursionError:
+        failure = "JSON nested too deeply"
+    except ValueError:
+        failure = "response is not JSON"
+    else:
+        if not isinstance(value, (dict, list)) or not _too_deep(value, max_depth):
+            return value
+        failure = f"JSON nested deeper than {max_depth} levels"
+    # Raised here, outside the except clause: the exception carries no __context__.
+    raise errors.ResponseParseError(failure)
+
+
+E = TypeVar("E", bound=BaseException)
+
+
+def scrubbed(error: E) -> E:
+    """``error`` without its chain: an aiohttp exception it crossed holds request headers."""
+    error.__cause__ = None
+    error.__context__ = None
+    error.__suppress_context__ = True
+    return error
 
 
 def error_for_status(
@@ -162,6 +232,14 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
+_URL_IN_TEXT = re.compile(r"https?://[^\s'\"<>]+")
+
+
+def redact_urls(text: str) -> str:
+    """``text`` with every http(s) URL in it redacted (:func:`redact_url`)."""
+    return _URL_IN_TEXT.sub(lambda match: redact_url(match.group(0)), text)
+
+
 def origin(url: str) -> tuple[str, str, int]:
     """``(scheme, host, port)`` with the default port filled in."""
     parts = urlsplit(url)
@@ -175,12 +253,93 @@ def same_origin(url: str, base_url: str) -> bool:
     return origin(url) == origin(base_url)
 
 
-def normalize_base_url(base_url: str) -> str:
-    """Validate and strip a base URL (``http(s)://host[:port][/prefix]``)."""
-    parts = urlsplit(base_url.strip())
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_credential(name: str, value: str) -> None:
+    """A ConfigurationError for a credential no HTTP header can carry (CR, LF, NUL...).
+
+    Checked when the client is built, not at the first request: aiohttp would raise a bare
+    ValueError then, and a header injection must never be attempted.
+    """
+    if not isinstance(value, str) or _CONTROL.search(value):
+        raise errors.ConfigurationError(
+            f"the {name} credential contains control characters (CR, LF, NUL...): "
+            "check how it was copied"
+        )
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if not host:
+        return False
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _safe_parts(url: str, what: str, error: type[errors.AudioShakeError]) -> SplitResult:
+    try:
+        parts = urlsplit(url.strip())
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise error(f"{what} is not a valid URL") from None
+    return parts
+
+
+def normalize_base_url(base_url: str, *, allow_insecure_http: bool = False) -> str:
+    """Validate and strip a base URL (``https://host[:port][/prefix]``).
+
+    Plain ``http`` is accepted for loopback hosts only (the emulator, a local proxy) unless
+    ``allow_insecure_http``: the key would otherwise cross the network in clear text. A URL
+    with credentials is refused, and the error never echoes them.
+    """
+    parts = _safe_parts(base_url, "base URL", errors.ConfigurationError)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise errors.ConfigurationError(f"base URL must be http(s)://host[:port], got {base_url!r}")
+        raise errors.ConfigurationError(
+            f"base URL must be https://host[:port], got {redact_url(base_url)!r}"
+        )
+    if parts.username is not None or parts.password is not None:
+        raise errors.ConfigurationError(
+            "base URL must not carry credentials (user:password@): pass the API key instead"
+        )
+    if parts.scheme == "http" and not allow_insecure_http and not is_loopback_host(parts.hostname):
+        raise errors.ConfigurationError(
+            f"base URL {redact_url(base_url)!r} is plain http to a remote host: the API key would "
+            "travel in clear text; use https, or pass allow_insecure_http=True "
+            "(CLI: --allow-insecure-http) if you really mean it"
+        )
     return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+
+
+def check_source_url(url: str) -> str:
+    """``url`` if it may be sent as a task's source: https (or http to loopback), no
+    credentials; a ValidationError otherwise (its message never shows credentials)."""
+    if not isinstance(url, str):
+        raise errors.ValidationError("url must be a string")
+    parts = _safe_parts(url, "url", errors.ValidationError)
+    scheme = parts.scheme.lower()
+    secure = scheme == "https" or (scheme == "http" and is_loopback_host(parts.hostname))
+    if not secure or not parts.hostname:
+        raise errors.ValidationError(f"url must be a public https URL, got {redact_url(url)!r}")
+    if parts.username is not None or parts.password is not None:
+        raise errors.ValidationError(
+            f"url must not carry credentials (user:password@), got {redact_url(url)!r}"
+        )
+    return url
+
+
+def has_credentials(url: str) -> bool:
+    """True when ``url`` names a user or password (``scheme://user:pass@host``)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.username is not None or parts.password is not None
 
 
 # --------------------------------------------------------------------------- polling
@@ -210,14 +369,26 @@ class PollPolicy:
 
 def structure_as(data: Any, cls: type[T], what: str) -> T:
     """Structure a response body, turning shape errors into ResponseParseError."""
+    detail: str
     try:
         return converter.structure(data, cls)
+    except RecursionError:
+        detail = "nested too deeply"
     except Exception as exc:
-        raise errors.ResponseParseError(f"unexpected {what} in response: {exc}") from None
+        detail = str(exc)[:300]
+    # Raised outside the except clause: no __context__ holding the response data.
+    raise errors.ResponseParseError(f"unexpected {what} in response: {detail}")
+
+
+#: What an id may hold to stand as one path segment: RFC 3986 unreserved and sub-delims
+#: characters plus ``:`` and ``@``. No ``/``, ``?``, ``#``, ``%``, space or control character.
+_ID_SEGMENT = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@-]{1,200}")
 
 
 def require_id(value: str, what: str) -> str:
-    """``value`` if it can stand as one path segment of a route (no ``/``, not ``.``/``..``)."""
-    if not isinstance(value, str) or not value.strip() or "/" in value or value in (".", ".."):
-        raise errors.ValidationError(f"{what} must be a non-empty id, got {value!r}")
+    """``value`` if it can stand as one path segment of a route (no ``/``, ``?``, ``#``, ``%``,
+    whitespace or control character; not ``.`` or ``..``)."""
+    if not isinstance(value, str) or not _ID_SEGMENT.fullmatch(value) or value in (".", ".."):
+        shown = repr(value)[:80] if isinstance(value, str) else type(value).__name__
+        raise errors.ValidationError(f"{what} must be an id (one URL path segment), got {shown}")
     return value

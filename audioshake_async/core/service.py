@@ -20,13 +20,16 @@ import anyio
 
 from .. import errors
 from ..models import Output
-from .download import DownloadedFile, DownloadProgress, fetch_to_file
-from .http import DEFAULT_RATE_LIMIT, PollPolicy, RetryPolicy
+from .download import DownloadedFile, DownloadLimits, DownloadProgress, fetch_to, fetch_to_file
+from .http import DEFAULT_MAX_JSON_BYTES, DEFAULT_RATE_LIMIT, PollPolicy, RetryPolicy
+from .ratelimit import Limiter
+from .sink import OutputWriter, StoredOutput
 from .transport import Timeouts, Transport
 
 __all__ = [
     "ServiceClient",
     "Wakeups",
+    "check_rate_limit",
     "download_all",
     "poll_until",
     "secret_from",
@@ -36,9 +39,28 @@ __all__ = [
 T = TypeVar("T")
 S = TypeVar("S", bound="ServiceClient")
 
+#: Reads after a wake-up that may not show its change yet (stale snapshots), backing off from
+#: HINT_RETRY_BASE seconds: 0.25 + 0.5 + ... + 8 s, then the regular interval again.
+HINT_RETRIES = 6
+HINT_RETRY_BASE = 0.25
+
 #: Subscribes a callback to "something changed, read again now" signals (webhook deliveries);
 #: returns the function that unsubscribes it.
 Wakeups = Callable[[Callable[[], None]], Callable[[], None]]
+
+
+def check_rate_limit(rate_limit: object) -> None:
+    """Refuse a ``rate_limit`` that is neither None, a positive number nor a :class:`Limiter`."""
+    if rate_limit is None or isinstance(rate_limit, Limiter):
+        return
+    if (
+        isinstance(rate_limit, bool)
+        or not isinstance(rate_limit, int | float)
+        or not (rate_limit > 0 and math.isfinite(rate_limit))
+    ):
+        raise errors.ConfigurationError(
+            f"rate_limit must be a positive number, None or a Limiter, got {rate_limit!r}"
+        )
 
 
 def secret_from(value: str | None, env_var: str, missing: str) -> str:
@@ -54,6 +76,15 @@ class ServiceClient:
 
     Use a client as ``async with Client() as client:`` and share it. A ``session`` you pass is
     used and left open; otherwise the client owns one and closes it on exit.
+
+    Bounds against a misbehaving server: ``max_json_bytes`` caps an API answer (a larger one
+    raises ResponseParseError), ``download_limits`` caps a download's size and speed (see
+    :class:`~audioshake_async.core.download.DownloadLimits`). Plain http is refused except to
+    loopback hosts unless ``allow_insecure_http``.
+
+    ``rate_limit`` is requests per second for this client's own limiter (None: no limit), or a
+    :class:`~audioshake_async.core.ratelimit.Limiter` object (e.g. a ``PostgresRateLimiter``
+    shared by every worker of an account), which stays the caller's: the client never closes it.
     """
 
     def __init__(
@@ -63,19 +94,21 @@ class ServiceClient:
         auth_headers: Mapping[str, str],
         timeout: float = 60.0,
         max_retries: int = 5,
-        rate_limit: float | None = DEFAULT_RATE_LIMIT,
+        rate_limit: float | Limiter | None = DEFAULT_RATE_LIMIT,
         session: aiohttp.ClientSession | None = None,
         poll: PollPolicy | None = None,
         retry: RetryPolicy | None = None,
         connection_limit: int = 100,
         trust_env: bool = False,
+        allow_insecure_http: bool = False,
+        max_json_bytes: int = DEFAULT_MAX_JSON_BYTES,
+        download_limits: DownloadLimits | None = None,
     ) -> None:
         if timeout <= 0 or not math.isfinite(timeout):
             raise errors.ConfigurationError(f"timeout must be a positive number, got {timeout!r}")
         if max_retries < 0:
             raise errors.ConfigurationError(f"max_retries must be >= 0, got {max_retries!r}")
-        if rate_limit is not None and not (rate_limit > 0 and math.isfinite(rate_limit)):
-            raise errors.ConfigurationError(f"rate_limit must be positive, got {rate_limit!r}")
+        check_rate_limit(rate_limit)
         self._transport = Transport(
             base_url=base_url,
             auth_headers=auth_headers,
@@ -85,8 +118,12 @@ class ServiceClient:
             session=session,
             connection_limit=connection_limit,
             trust_env=trust_env,
+            allow_insecure_http=allow_insecure_http,
+            max_json_bytes=max_json_bytes,
         )
         self.poll = poll or PollPolicy()
+        #: Size and speed bounds of every download of this client.
+        self.download_limits = download_limits or DownloadLimits()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self._transport.base_url!r})"
@@ -133,6 +170,25 @@ class ServiceClient:
             refresh=refresh,
             checksum=checksum,
             progress=progress,
+            limits=self.download_limits,
+        )
+
+    async def _stream_link(
+        self,
+        link: str,
+        writer: OutputWriter,
+        refresh: Callable[[], Awaitable[str]],
+        *,
+        progress: DownloadProgress | None,
+    ) -> StoredOutput:
+        """Stream ``link`` into ``writer`` and commit it; ``refresh`` renews a refused link."""
+        return await fetch_to(
+            self._transport,
+            link,
+            writer,
+            refresh=refresh,
+            progress=progress,
+            limits=self.download_limits,
         )
 
 
@@ -146,12 +202,16 @@ async def poll_until(
     initial: T | None = None,
     wakeups: Wakeups | None = None,
     interval: float | None = None,
+    unconfirmed: Callable[[T], bool] | None = None,
 ) -> T:
     """Read until ``is_done``; the one wait loop of every client.
 
     ``read(last)`` returns the newest snapshot, or None when this read saw nothing new (a
     tolerated 404, a status that is not final yet). Between reads it sleeps the policy's
     backoff, or ``interval`` when given; a wake-up from ``wakeups`` ends the sleep early.
+    After a wake-up, while ``unconfirmed(last)`` says the read did not show what woke it (a
+    stale snapshot), it reads again with a short backoff (:data:`HINT_RETRIES` times) instead
+    of sleeping the whole ``interval``.
     ``timeout`` bounds the whole wait, a read in progress included, and raises
     :class:`~audioshake_async.errors.TaskTimeoutError` with the last snapshot.
     """
@@ -165,6 +225,7 @@ async def poll_until(
     unsubscribe = wakeups(wake) if wakeups is not None else None
     try:
         poll_number = 0
+        hinted, hint_tries = False, 0
         while last is None or not is_done(last):
             # Reset before reading: a wake-up that arrives during the read is not missed.
             woken = anyio.Event()
@@ -177,6 +238,10 @@ async def poll_until(
             delay = (
                 interval if interval is not None else policy.interval(poll_number, random.random())
             )
+            hinted = hinted and unconfirmed is not None and last is not None and unconfirmed(last)
+            if hinted and hint_tries < HINT_RETRIES:
+                hint_tries += 1
+                delay = min(delay, HINT_RETRY_BASE * 2 ** (hint_tries - 1))
             if deadline is not None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -184,6 +249,8 @@ async def poll_until(
                 delay = min(delay, remaining)
             with anyio.move_on_after(delay):
                 await woken.wait()
+            if woken.is_set():
+                hinted, hint_tries = True, 0
     finally:
         if unsubscribe is not None:
             unsubscribe()

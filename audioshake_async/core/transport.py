@@ -3,11 +3,16 @@
 Rules enforced here, once, for every request of a client:
 - the API key goes to the API's origin only (scheme, host and port of the base URL); download
   links on a CDN host never see it;
-- API requests pass the shared client-side rate limiter (downloads from other hosts do not);
+- API requests pass the client-side rate limiter (downloads from other hosts do not): its own
+  in-process one, or a :class:`~.ratelimit.Limiter` shared with other clients or processes;
 - transient failures are retried with exponential backoff and full jitter, honouring
   ``Retry-After``; a non-idempotent request is retried only when it provably never left;
-- aiohttp exceptions never escape: they are replaced by this package's errors, whose messages
-  hold no header, so no key and no link signature;
+- aiohttp exceptions never escape, not even as ``__context__``: they are replaced by this
+  package's errors, raised outside the ``except`` clause, whose messages hold no header, so no
+  key and no link signature;
+- JSON answers are read incrementally up to a size cap and decoded with a depth guard: a
+  hostile answer costs bounded memory and raises ResponseParseError;
+- plain http goes to loopback hosts only unless the caller opts in (``allow_insecure_http``);
 - logs name the method, the URL without its query string, the status and the time taken.
 """
 
@@ -33,17 +38,22 @@ import attrs
 from .. import errors
 from .._version import __version__
 from .http import (
+    DEFAULT_MAX_JSON_BYTES,
     DEFAULT_RATE_LIMIT,
+    SEND_GUARD,
     RetryPolicy,
+    check_credential,
     decode_body,
     error_for_status,
     is_retryable_status,
     normalize_base_url,
     origin,
+    parse_json,
     parse_retry_after,
     redact_url,
+    scrubbed,
 )
-from .ratelimit import RateLimiter
+from .ratelimit import Limiter, limiter_for
 
 __all__ = ["DownloadResponse", "Retry", "Timeouts", "Transport"]
 
@@ -132,11 +142,16 @@ class DownloadResponse:
 
     async def iter_chunks(self, size: int = 1 << 20) -> AsyncIterator[bytes]:
         """The body in chunks of at most ``size`` bytes."""
+        error: errors.APIConnectionError | None = None
         try:
             async for chunk in self._response.content.iter_chunked(size):
                 yield chunk
         except _TRANSIENT as exc:
-            raise _connection_error(exc, "GET", str(self._response.url)) from None
+            error = _connection_error(exc, "GET", str(self._response.url))
+        if error is not None:
+            # Raised outside the except clause: aiohttp's exception (request headers, maybe
+            # the key) must not ride along as __context__.
+            raise error
 
     async def read_text(self, limit: int = 65536) -> str:
         """A bounded read of the body, for error messages."""
@@ -170,6 +185,32 @@ def _connection_error(
     return cls(message, method=method, url=redact_url(url))
 
 
+@attrs.frozen
+class _Failure:
+    """A request without an answer: our error, the exception's type name (for logs), what to
+    raise if it may have taken effect, and our own body's error (never retried) if any."""
+
+    error: errors.APIConnectionError
+    reason: str
+    ambiguous: errors.AmbiguousRequestError | None = None
+    own: errors.AudioShakeError | None = None
+
+
+async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes | bytearray | None:
+    """The body, read incrementally; None (reading no further) past ``limit``: a declared
+    length before any byte is read, an undeclared one as it arrives (bounded memory)."""
+    length = response.content_length
+    if length is not None:
+        # aiohttp reads exactly the declared length: the usual, fast path.
+        return None if length > limit else await response.read()
+    body = bytearray()
+    async for chunk in response.content.iter_chunked(1 << 16):
+        body += chunk
+        if len(body) > limit:
+            return None
+    return body
+
+
 def _own_error(exc: BaseException) -> errors.AudioShakeError | None:
     """This package's error that ``exc`` wraps (aiohttp sets it as the cause), if any."""
     cause = exc.__cause__
@@ -192,20 +233,28 @@ class Transport:
         auth_headers: Mapping[str, str],
         timeouts: Timeouts | None = None,
         retry: RetryPolicy | None = None,
-        rate_limit: float | None = DEFAULT_RATE_LIMIT,
+        rate_limit: float | Limiter | None = DEFAULT_RATE_LIMIT,
         session: aiohttp.ClientSession | None = None,
         connection_limit: int = 100,
         trust_env: bool = False,
         random_fraction: Callable[[], float] = random.random,
+        allow_insecure_http: bool = False,
+        max_json_bytes: int = DEFAULT_MAX_JSON_BYTES,
     ) -> None:
-        self.base_url = normalize_base_url(base_url)
+        self.base_url = normalize_base_url(base_url, allow_insecure_http=allow_insecure_http)
+        for name, value in auth_headers.items():
+            check_credential(name, value)
+        if max_json_bytes <= 0:
+            raise errors.ConfigurationError(f"max_json_bytes must be > 0, got {max_json_bytes}")
+        #: Largest JSON answer read; a larger one raises ResponseParseError.
+        self.max_json_bytes = max_json_bytes
         # Every API call's URL starts with this: the origin check needs no URL parsing then.
         self._api_prefix = self.base_url + "/"
         self._api_origin = origin(self.base_url)
         self._auth = {name: _Secret(value) for name, value in auth_headers.items()}
         self.timeouts = timeouts or Timeouts()
         self.retry = retry or RetryPolicy()
-        self.limiter = RateLimiter(rate_limit) if rate_limit else None
+        self.limiter = limiter_for(rate_limit)
         self._session = session
         self._owns_session = session is None
         self._connection_limit = connection_limit
@@ -328,51 +377,61 @@ class Transport:
         while True:
             if api and self.limiter is not None:
                 await self.limiter.acquire()
-            headers = self._headers(api, extra)
+            if (guard := SEND_GUARD.get()) is not None:
+                guard()  # after the rate-limit wait: the last moment before the request leaves
             data = body_factory() if body_factory is not None else data_bytes
             self.request_counts[label] += 1
             started = time.perf_counter() if logger.isEnabledFor(logging.DEBUG) else 0.0
+            # Every failure is judged after the except clause: an error raised inside it would
+            # carry aiohttp's exception (request headers, the key among them) as __context__.
+            failure: _Failure | None = None
             try:
                 async with self.session.request(
                     method,
                     url,
                     params=params,
                     data=data,
-                    headers=headers,
+                    headers=self._headers(api, extra),
                     timeout=client_timeout,
                     allow_redirects=False,
                     raise_for_status=False,  # a user's session may say otherwise
                 ) as response:
-                    raw = await response.read()
+                    raw = await _read_capped(response, self.max_json_bytes)
                     status = response.status
                     resp_headers = response.headers
             except _NOT_SENT as exc:
-                error = _connection_error(exc, method, url)
-                if attempt >= retries:
-                    raise error from None
-                attempt += 1
-                await self._backoff(method, url, attempt, type(exc).__name__, None)
-                continue
+                failure = _Failure(_connection_error(exc, method, url), type(exc).__name__)
             except _TRANSIENT as exc:
-                own = _own_error(exc)
-                if own is not None:
+                ambiguous = _connection_error(exc, method, url, ambiguous=True)
+                assert isinstance(ambiguous, errors.AmbiguousRequestError)
+                failure = _Failure(
+                    _connection_error(exc, method, url),
+                    type(exc).__name__,
+                    ambiguous=ambiguous,
+                    own=_own_error(exc),
+                )
+            if failure is not None:
+                if failure.own is not None:
                     # aiohttp wraps an error raised by our own upload body (the file changed
-                    # size) as a connection error; it is not transient, so do not retry it.
-                    raise own from None
-                if retry is Retry.BEFORE_SEND:
+                    # size or became unreadable) as a connection error; it is not transient.
+                    raise scrubbed(failure.own)
+                if failure.ambiguous is not None and retry is Retry.BEFORE_SEND:
                     logger.warning(
                         "%s %s: no answer after sending (%s); outcome unknown",
                         method,
                         redact_url(url),
-                        type(exc).__name__,
+                        failure.reason,
                     )
-                    raise _connection_error(exc, method, url, ambiguous=True) from None
-                error = _connection_error(exc, method, url)
+                    raise failure.ambiguous
                 if attempt >= retries:
-                    raise error from None
+                    raise failure.error
                 attempt += 1
-                await self._backoff(method, url, attempt, type(exc).__name__, None)
+                await self._backoff(method, url, attempt, failure.reason, None)
                 continue
+            if raw is None:
+                raise errors.ResponseParseError(
+                    f"{method} {redact_url(url)}: answer larger than {self.max_json_bytes} bytes"
+                )
             if logger.isEnabledFor(logging.DEBUG):  # redact_url parses the URL: skip it if unused
                 elapsed_ms = (time.perf_counter() - started) * 1000
                 logger.debug("%s %s -> %d (%.1f ms)", method, redact_url(url), status, elapsed_ms)
@@ -380,11 +439,10 @@ class Transport:
                 if not raw:
                     return None
                 try:
-                    return json.loads(raw)
-                except ValueError:
-                    raise errors.ResponseParseError(
-                        f"{method} {redact_url(url)}: response is not JSON"
-                    ) from None
+                    return parse_json(raw)
+                except errors.ResponseParseError as exc:
+                    parse_failure = f"{method} {redact_url(url)}: {exc}"
+                raise errors.ResponseParseError(parse_failure)
             retry_after = parse_retry_after(resp_headers, self._now())
             if status == 429 and self.limiter is not None:
                 # Everyone on this client slows down, not just this request.
@@ -405,22 +463,23 @@ class Transport:
 
     @contextlib.asynccontextmanager
     async def open_download(
-        self, url: str, headers: Mapping[str, str] | None = None
+        self, url: str, headers: Mapping[str, str] | None = None, *, authenticate: bool = True
     ) -> AsyncIterator[DownloadResponse]:
         """Open a streaming GET of a download link: one attempt, the caller retries.
 
-        Links on another host than the API's get no credential; links on the API host do.
+        Links on another host than the API's get no credential; links on the API host do,
+        unless ``authenticate`` is False (a redirect's target: whoever chose it is not us).
         """
         api = self.is_api_url(url)  # parsed once: a CDN link never matches the prefix
         if api and self.limiter is not None:
             await self.limiter.acquire()
-        request_headers = self._headers(api, headers)
         label = "GET <api download>" if api else "GET <download>"
         self.request_counts[label] += 1
+        error: errors.APIConnectionError | None = None
         try:
             async with self.session.get(
                 url,
-                headers=request_headers,
+                headers=self._headers(api and authenticate, headers),
                 timeout=self.timeouts.for_transfer(),
                 allow_redirects=False,
                 auto_decompress=False,
@@ -428,6 +487,14 @@ class Transport:
             ) as response:
                 if logger.isEnabledFor(logging.DEBUG):
                     logger.debug("GET %s -> %d", redact_url(url), response.status)
-                yield DownloadResponse(response.status, response.headers, response)
+                try:
+                    yield DownloadResponse(response.status, response.headers, response)
+                except BaseException:
+                    # Abandoned mid-body (too large, stalled, cancelled): the connection must
+                    # not go back to the pool with a body still coming.
+                    response.close()
+                    raise
         except _TRANSIENT as exc:
-            raise _connection_error(exc, "GET", url) from None
+            error = _connection_error(exc, "GET", url)
+        if error is not None:
+            raise error  # outside the except clause: no aiohttp __context__

@@ -119,7 +119,12 @@ class _Reader:
                 digest.update(data)
             return data
 
-        return await anyio.to_thread.run_sync(read_and_hash)
+        problem: OSError | None = None
+        try:
+            return await anyio.to_thread.run_sync(read_and_hash)
+        except OSError as exc:
+            problem = exc
+        raise _file_error(getattr(self._handle, "name", "upload"), problem)
 
     def close(self) -> None:
         if self._owned:
@@ -143,7 +148,14 @@ class UploadSource:
         if self.path is not None:
             # Opened on the loop, not in a thread: a cancellation while a worker thread opened
             # the file would drop the handle unclosed. Opening a local file does not block.
-            return _Reader(open(self.path, "rb"), owned=True)  # noqa: ASYNC230
+            problem: OSError | None = None
+            try:
+                return _Reader(open(self.path, "rb"), owned=True)  # noqa: ASYNC230
+            except OSError as exc:
+                problem = exc
+            # A client-side fault (vanished, permission denied, a directory now): retrying the
+            # request cannot help, so it is a ValidationError, which the transport never retries.
+            raise _file_error(str(self.path), problem)
         if self.data is not None:
             return _Reader(io.BytesIO(self.data), owned=True, in_memory=True)
         assert self.fileobj is not None
@@ -167,6 +179,20 @@ class UploadSource:
         return writer
 
 
+def _file_error(name: object, problem: OSError) -> errors.ValidationError:
+    """The ValidationError for a local file that cannot be read (raised outside ``except``)."""
+    if isinstance(problem, FileNotFoundError):
+        return errors.ValidationError(f"{str(name)!r} no longer exists")
+    reason = problem.strerror or type(problem).__name__
+    return errors.ValidationError(f"{str(name)!r} cannot be read: {reason}")
+
+
+def _check_readable(path: pathlib.Path) -> None:
+    """Open and close ``path``: stat() succeeds on a file its owner may not read."""
+    descriptor = os.open(path, os.O_RDONLY)
+    os.close(descriptor)
+
+
 async def prepare_upload(
     source: str | os.PathLike[str] | bytes | BinaryIO,
     *,
@@ -183,12 +209,17 @@ async def prepare_upload(
         return UploadSource(filename, len(data), content_type, data=data)
     if isinstance(source, (str, os.PathLike)):
         path = pathlib.Path(source)
+        problem: OSError | None = None
         try:
             stat = await aiofiles.os.stat(path)
+            if stat_module.S_ISREG(stat.st_mode):
+                await anyio.to_thread.run_sync(_check_readable, path)
         except FileNotFoundError:
             raise errors.ValidationError(f"{str(path)!r} does not exist") from None
         except OSError as exc:
-            raise errors.ValidationError(f"{str(path)!r} cannot be read: {exc.strerror}") from None
+            problem = exc
+        if problem is not None:
+            raise _file_error(path, problem)
         if not stat_module.S_ISREG(stat.st_mode):
             raise errors.ValidationError(f"{str(path)!r} is not a regular file")
         name = filename or path.name

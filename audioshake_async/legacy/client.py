@@ -9,17 +9,26 @@ import logging
 import os
 import pathlib
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 import aiohttp
 
 from .. import errors
-from ..core.download import DownloadedFile, DownloadProgress
+from ..core.download import DownloadedFile, DownloadLimits, DownloadProgress
 from ..core.files import plan_output_paths
-from ..core.http import DEFAULT_RATE_LIMIT, PollPolicy, RetryPolicy, redact_url, require_id
+from ..core.http import (
+    DEFAULT_MAX_JSON_BYTES,
+    DEFAULT_RATE_LIMIT,
+    PollPolicy,
+    RetryPolicy,
+    redact_url,
+    require_id,
+)
+from ..core.ratelimit import Limiter
 from ..core.service import ServiceClient, download_all, poll_until, secret_from
+from ..core.sink import OutputWriter, StoredOutput
 from ..core.transport import Retry
 from ..core.upload import ProgressCallback, prepare_upload
 from ..models import Output
@@ -106,7 +115,9 @@ class LegacyClient(ServiceClient):
     Use ``async with LegacyClient() as client:``. ``token`` and ``base_url`` fall back to
     ``AUDIOSHAKE_LEGACY_TOKEN`` and ``AUDIOSHAKE_LEGACY_BASE_URL`` (default
     ``https://groovy.audioshake.ai``). Same transport as the Tasks client: one shared rate
-    limiter, retries with ``Retry-After``, the token only ever sent to the API's origin. A
+    limiter (or a shared :class:`~audioshake_async.core.ratelimit.Limiter` passed as
+    ``rate_limit``, never closed by the client), retries with ``Retry-After``, the token only
+    ever sent to the API's origin. A
     ``session`` you pass is used and left open; otherwise the client owns one and closes it.
     """
 
@@ -117,13 +128,16 @@ class LegacyClient(ServiceClient):
         *,
         timeout: float = 60.0,
         max_retries: int = 5,
-        rate_limit: float | None = DEFAULT_RATE_LIMIT,
+        rate_limit: float | Limiter | None = DEFAULT_RATE_LIMIT,
         session: aiohttp.ClientSession | None = None,
         poll: PollPolicy | None = None,
         retry: RetryPolicy | None = None,
         connection_limit: int = 100,
         trust_env: bool = False,
         not_found_retries: int = DEFAULT_NOT_FOUND_RETRIES,
+        allow_insecure_http: bool = False,
+        max_json_bytes: int = DEFAULT_MAX_JSON_BYTES,
+        download_limits: DownloadLimits | None = None,
     ) -> None:
         _warn_deprecated()
         secret = _clean_token(token)
@@ -140,6 +154,9 @@ class LegacyClient(ServiceClient):
             retry=retry,
             connection_limit=connection_limit,
             trust_env=trust_env,
+            allow_insecure_http=allow_insecure_http,
+            max_json_bytes=max_json_bytes,
+            download_limits=download_limits,
         )
         self.not_found_retries = not_found_retries
 
@@ -297,6 +314,27 @@ class LegacyClient(ServiceClient):
         progress: DownloadProgress | None = None,
     ) -> DownloadedFile:
         """Download one output atomically; a refused (expired) link is refreshed from the job."""
+        link, refresh = self._refresher(job, output)
+        return await self._fetch_link(
+            link, destination, refresh, checksum=checksum, progress=progress
+        )
+
+    async def write_output(
+        self,
+        job: Job | str,
+        output: OutputAsset | Output,
+        writer: OutputWriter,
+        *,
+        progress: DownloadProgress | None = None,
+    ) -> StoredOutput:
+        """Stream one output into ``writer`` (a file, an S3 upload...) and commit it."""
+        link, refresh = self._refresher(job, output)
+        return await self._stream_link(link, writer, refresh, progress=progress)
+
+    def _refresher(
+        self, job: Job | str, output: OutputAsset | Output
+    ) -> tuple[str, Callable[[], Awaitable[str]]]:
+        """The output's link, and how to get a fresh one from the job."""
         job_id = job.id if isinstance(job, Job) else job
         converted = output.to_output() if isinstance(output, OutputAsset) else output
         if converted is None:
@@ -312,9 +350,7 @@ class LegacyClient(ServiceClient):
                 f"job {job_id} no longer lists output {converted.filename!r}"
             )
 
-        return await self._fetch_link(
-            converted.link, destination, refresh, checksum=checksum, progress=progress
-        )
+        return converted.link, refresh
 
     async def download(
         self,

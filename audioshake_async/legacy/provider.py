@@ -17,7 +17,7 @@ import attrs
 
 from .. import errors
 from ..batch.inputs import AUDIO_EXTENSIONS
-from ..core.download import DownloadedFile
+from ..core.sink import OutputWriter, StoredOutput
 from ..core.upload import prepare_upload
 from ..models import MAX_METADATA_LENGTH, Output, Target, Task, validate_targets
 from ..tasks.wire import ASSET_LIFETIME, validate_upload
@@ -134,7 +134,8 @@ class LegacyProvider:
     def request_rate(self) -> float | None:
         """The client's rate limit in requests/s (the batch's budget), None when unlimited."""
         limiter = self.client.transport.limiter
-        return None if limiter is None else limiter.rate
+        rate = getattr(limiter, "rate", None)
+        return float(rate) if isinstance(rate, int | float) else None
 
     def __repr__(self) -> str:
         return f"LegacyProvider({self.client!r})"
@@ -311,14 +312,12 @@ class LegacyProvider:
         """The Jobs API documents no listing (``supports_listing`` is False)."""
         raise errors.AudioShakeError("the legacy Jobs API has no documented job listing")
 
-    async def fetch_output(
-        self, task: Task, output: Output, destination: pathlib.Path, *, checksum: bool
-    ) -> DownloadedFile:
-        """Stream one output to disk; an expired link is refreshed from its job."""
+    async def fetch_output(self, task: Task, output: Output, writer: OutputWriter) -> StoredOutput:
+        """Stream one output into ``writer``; an expired link is refreshed from its job."""
         job_id = next((t.id for t in task.targets if output in t.output), None)
         if job_id is None:
             raise errors.DownloadError(f"{output.filename} belongs to no job of {task.id}")
-        return await self.client.fetch_output(job_id, output, destination, checksum=checksum)
+        return await self.client.write_output(job_id, output, writer)
 
     def request_counts(self) -> dict[str, int]:
         """Requests sent so far, by route."""

@@ -6,6 +6,7 @@ import builtins
 import contextlib
 import os
 import pathlib
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 import anyio
@@ -13,10 +14,18 @@ import anyio.to_thread
 import attrs
 
 from .. import errors
-from ..core.download import DownloadedFile, DownloadProgress
+from ..core.download import DownloadedFile, DownloadLimits, DownloadProgress
 from ..core.files import plan_output_paths, write_json_atomic
-from ..core.http import DEFAULT_RATE_LIMIT, PollPolicy, RetryPolicy, structure_as
+from ..core.http import (
+    DEFAULT_MAX_JSON_BYTES,
+    DEFAULT_RATE_LIMIT,
+    PollPolicy,
+    RetryPolicy,
+    structure_as,
+)
+from ..core.ratelimit import Limiter
 from ..core.service import ServiceClient, download_all, fresh_link_from, secret_from
+from ..core.sink import OutputWriter, StoredOutput
 from ..core.upload import ChunkedPayload, ProgressCallback, prepare_upload
 from ..models import Output
 from .files import check_upload, extension_from_content_type, extension_from_url
@@ -48,6 +57,8 @@ class MusicAI(ServiceClient):
 
     ``rate_limit`` defaults to 60 requests/s: Music.AI documents no limit, so this is a polite
     cap, not a documented one; 429 answers are honoured (``Retry-After``) either way.
+    A :class:`~audioshake_async.core.ratelimit.Limiter` object works too (shared, never closed
+    by the client).
     ``upload_content_type`` is the ``Content-Type`` of upload PUTs (None: guessed from the
     file name, as the reference's curl example does).
     """
@@ -59,13 +70,16 @@ class MusicAI(ServiceClient):
         *,
         timeout: float = 60.0,
         max_retries: int = 5,
-        rate_limit: float | None = DEFAULT_RATE_LIMIT,
+        rate_limit: float | Limiter | None = DEFAULT_RATE_LIMIT,
         session: aiohttp.ClientSession | None = None,
         poll: PollPolicy | None = None,
         connection_limit: int = 100,
         trust_env: bool = False,
         retry: RetryPolicy | None = None,
         upload_content_type: str | None = None,
+        allow_insecure_http: bool = False,
+        max_json_bytes: int = DEFAULT_MAX_JSON_BYTES,
+        download_limits: DownloadLimits | None = None,
     ) -> None:
         key = secret_from(
             api_key, ENV_API_KEY, f"no Music.AI API key: pass api_key= or set {ENV_API_KEY}"
@@ -82,6 +96,9 @@ class MusicAI(ServiceClient):
             retry=retry,
             connection_limit=connection_limit,
             trust_env=trust_env,
+            allow_insecure_http=allow_insecure_http,
+            max_json_bytes=max_json_bytes,
+            download_limits=download_limits,
         )
         self.upload_content_type = upload_content_type
         self.jobs = JobsResource(self._transport, self.poll)
@@ -181,7 +198,28 @@ class MusicAI(ServiceClient):
         progress: DownloadProgress | None = None,
     ) -> DownloadedFile:
         """Download one output atomically; an expired URL (403) is refreshed via the job."""
+        return await self._fetch_link(
+            output.link,
+            destination,
+            self._refresher(job_id, output),
+            checksum=checksum,
+            progress=progress,
+        )
 
+    async def write_output(
+        self,
+        job_id: str,
+        output: Output,
+        writer: OutputWriter,
+        *,
+        progress: DownloadProgress | None = None,
+    ) -> StoredOutput:
+        """Stream one output into ``writer`` (a file, an S3 upload...) and commit it."""
+        return await self._stream_link(
+            output.link, writer, self._refresher(job_id, output), progress=progress
+        )
+
+    def _refresher(self, job_id: str, output: Output) -> Callable[[], Awaitable[str]]:
         async def refresh() -> str:
             async def lookup() -> str | None:
                 return (await self.jobs.get(job_id)).files.get(output.name)
@@ -189,9 +227,7 @@ class MusicAI(ServiceClient):
             missing = f"job {job_id} no longer lists output {output.name!r}"
             return await fresh_link_from(lookup, self._transport.retry, missing)
 
-        return await self._fetch_link(
-            output.link, destination, refresh, checksum=checksum, progress=progress
-        )
+        return refresh
 
     async def download(
         self,

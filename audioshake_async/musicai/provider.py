@@ -9,13 +9,10 @@ import pathlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import anyio
-import anyio.to_thread
-
 from .. import errors
 from ..batch.inputs import AUDIO_EXTENSIONS
-from ..core.download import DownloadedFile
-from ..core.files import write_json_atomic
+from ..core.files import json_bytes
+from ..core.sink import OutputWriter, StoredOutput
 from ..core.upload import prepare_upload
 from ..models import (
     MAX_METADATA_LENGTH,
@@ -104,7 +101,8 @@ class MusicAIProvider:
     def request_rate(self) -> float | None:
         """The client's rate limit in requests/s (the batch's budget), None when unlimited."""
         limiter = self.client.transport.limiter
-        return None if limiter is None else limiter.rate
+        rate = getattr(limiter, "rate", None)
+        return float(rate) if isinstance(rate, int | float) else None
 
     def check_targets(self, targets: Sequence[Target]) -> tuple[Target, ...]:
         """Exactly one target: its ``model`` is the workflow slug."""
@@ -254,18 +252,20 @@ class MusicAIProvider:
 
     # ------------------------------------------------------------------ downloads
 
-    async def fetch_output(
-        self, task: Task, output: Output, destination: pathlib.Path, *, checksum: bool
-    ) -> DownloadedFile:
-        """Stream one output to disk (URL refreshed via ``GET /job/{id}`` when expired), or
-        write the non-URL values as ``result.json``."""
+    async def fetch_output(self, task: Task, output: Output, writer: OutputWriter) -> StoredOutput:
+        """Stream one output into ``writer`` (URL refreshed via ``GET /job/{id}`` when
+        expired), or write the non-URL values as ``result.json``."""
         if not output.link.startswith(_VALUES_SCHEME):
-            return await self.client.fetch_output(task.id, output, destination, checksum=checksum)
+            return await self.client.write_output(task.id, output, writer)
         values = self._values.pop(task.id, None)
         if values is None:
             values = (await self.client.jobs.get(task.id)).values
-        size, digest = await anyio.to_thread.run_sync(write_json_atomic, destination, values)
-        return DownloadedFile(destination, size, digest if checksum else None)
+        try:
+            await writer.write([json_bytes(values)])
+        except BaseException:
+            await writer.abort()
+            raise
+        return await writer.commit()
 
     def request_counts(self) -> dict[str, int]:
         """Requests sent so far, by route."""

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import os
 import pathlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from ..core.download import DownloadedFile, DownloadProgress
+from ..core.download import DownloadedFile, DownloadLimits, DownloadProgress
 from ..core.files import plan_output_paths
-from ..core.http import DEFAULT_RATE_LIMIT, PollPolicy, RetryPolicy
+from ..core.http import DEFAULT_MAX_JSON_BYTES, DEFAULT_RATE_LIMIT, PollPolicy, RetryPolicy
+from ..core.ratelimit import Limiter
 from ..core.service import ServiceClient, download_all, fresh_link_from, secret_from
+from ..core.sink import OutputWriter, StoredOutput
 from ..models import Output, Target, Task
 from .resources import AssetsResource, ModelsResource, TasksResource, WebhooksResource
 from .wire import DEFAULT_BASE_URL
@@ -35,7 +37,10 @@ class AudioShake(ServiceClient):
     connection pool and one rate limiter (60 requests/s by default, the documented account
     limit) for every call. ``api_key`` and ``base_url`` fall back to ``AUDIOSHAKE_API_KEY`` and
     ``AUDIOSHAKE_BASE_URL``. A ``session`` you pass is used and left open; otherwise the client
-    owns one and closes it on exit.
+    owns one and closes it on exit. ``rate_limit`` also takes a
+    :class:`~audioshake_async.core.ratelimit.Limiter` object, e.g. a
+    :class:`~audioshake_async.core.ratelimit_pg.PostgresRateLimiter` that holds every worker of
+    the account to one budget; a limiter passed in stays yours (the client never closes it).
     """
 
     def __init__(
@@ -45,12 +50,15 @@ class AudioShake(ServiceClient):
         *,
         timeout: float = 60.0,
         max_retries: int = 5,
-        rate_limit: float | None = DEFAULT_RATE_LIMIT,
+        rate_limit: float | Limiter | None = DEFAULT_RATE_LIMIT,
         session: aiohttp.ClientSession | None = None,
         poll: PollPolicy | None = None,
         connection_limit: int = 100,
         trust_env: bool = False,
         retry: RetryPolicy | None = None,
+        allow_insecure_http: bool = False,
+        max_json_bytes: int = DEFAULT_MAX_JSON_BYTES,
+        download_limits: DownloadLimits | None = None,
     ) -> None:
         key = secret_from(
             api_key,
@@ -68,6 +76,9 @@ class AudioShake(ServiceClient):
             retry=retry,
             connection_limit=connection_limit,
             trust_env=trust_env,
+            allow_insecure_http=allow_insecure_http,
+            max_json_bytes=max_json_bytes,
+            download_limits=download_limits,
         )
         self.assets = AssetsResource(self._transport)
         self.tasks = TasksResource(self._transport, self.poll)
@@ -86,6 +97,29 @@ class AudioShake(ServiceClient):
         progress: DownloadProgress | None = None,
     ) -> DownloadedFile:
         """Download one output to ``destination`` atomically; an expired link is refreshed."""
+        return await self._fetch_link(
+            output.link,
+            destination,
+            self._refresher(task, output),
+            checksum=checksum,
+            progress=progress,
+        )
+
+    async def write_output(
+        self,
+        task: Task,
+        output: Output,
+        writer: OutputWriter,
+        *,
+        progress: DownloadProgress | None = None,
+    ) -> StoredOutput:
+        """Stream one output into ``writer`` (a file, an S3 upload...) and commit it."""
+        return await self._stream_link(
+            output.link, writer, self._refresher(task, output), progress=progress
+        )
+
+    def _refresher(self, task: Task, output: Output) -> Callable[[], Awaitable[str]]:
+        """A fresh link of ``output`` from ``GET /tasks/{id}`` (links expire after an hour)."""
         wanted = (output.name, output.format)
         # Two targets can each have an output of the same name and format (vocals and a
         # high-quality variant): the fresh link must come from this output's own target.
@@ -110,9 +144,7 @@ class AudioShake(ServiceClient):
             missing = f"task {task.id} no longer lists output {output.filename!r}"
             return await fresh_link_from(lookup, self._transport.retry, missing)
 
-        return await self._fetch_link(
-            output.link, destination, refresh, checksum=checksum, progress=progress
-        )
+        return refresh
 
     async def download(
         self,

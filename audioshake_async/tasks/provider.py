@@ -7,8 +7,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from ..batch.inputs import AUDIO_EXTENSIONS
-from ..core.download import DownloadedFile
+from ..core.download import DownloadProgress
 from ..core.http import PollPolicy
+from ..core.sink import OutputWriter, StoredOutput
 from ..core.transport import Transport
 from ..core.upload import prepare_upload
 from ..models import MAX_METADATA_LENGTH, Output, Target, Task, validate_targets
@@ -34,10 +35,15 @@ class TasksClient(Protocol):
     def request_counts(self) -> Mapping[str, int]:
         """Requests sent so far, by route."""
 
-    async def fetch_output(
-        self, task: Task, output: Output, destination: pathlib.Path, *, checksum: bool = True
-    ) -> DownloadedFile:
-        """Download one output atomically."""
+    async def write_output(
+        self,
+        task: Task,
+        output: Output,
+        writer: OutputWriter,
+        *,
+        progress: DownloadProgress | None = None,
+    ) -> StoredOutput:
+        """Stream one output into ``writer`` and commit it."""
 
 
 class AudioShakeProvider:
@@ -63,7 +69,8 @@ class AudioShakeProvider:
     def request_rate(self) -> float | None:
         """The client's rate limit in requests/s (the batch's budget), None when unlimited."""
         limiter = self.client.transport.limiter
-        return None if limiter is None else limiter.rate
+        rate = getattr(limiter, "rate", None)
+        return float(rate) if isinstance(rate, int | float) else None
 
     def check_targets(self, targets: Sequence[Target]) -> tuple[Target, ...]:
         """1 to 20 targets, each with a model and distinct formats."""
@@ -102,11 +109,9 @@ class AudioShakeProvider:
         """``GET /tasks?skip&take``."""
         return await self.client.tasks.page(skip=skip, take=take)
 
-    async def fetch_output(
-        self, task: Task, output: Output, destination: pathlib.Path, *, checksum: bool
-    ) -> DownloadedFile:
-        """Stream one output to disk, refreshing an expired link through ``GET /tasks/{id}``."""
-        return await self.client.fetch_output(task, output, destination, checksum=checksum)
+    async def fetch_output(self, task: Task, output: Output, writer: OutputWriter) -> StoredOutput:
+        """Stream one output into ``writer``, refreshing an expired link via ``GET /tasks/{id}``."""
+        return await self.client.write_output(task, output, writer)
 
     def request_counts(self) -> dict[str, int]:
         """Requests sent so far, by route."""

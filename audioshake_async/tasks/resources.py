@@ -13,6 +13,7 @@ from ..core.service import poll_until, walk_pages
 from ..core.transport import Retry, Transport
 from ..core.upload import ProgressCallback, prepare_upload
 from ..models import Asset, Model, Target, Task, UsageMonth, Webhook, merge_task_snapshot
+from .webhooks import terminal_keys
 from .wire import (
     MAX_PAGE_SIZE,
     build_create_task_body,
@@ -29,6 +30,7 @@ from .wire import (
 
 if TYPE_CHECKING:
     from .webhooks import WebhookReceiver
+
 
 __all__ = ["AssetsResource", "ModelsResource", "TasksResource", "WebhooksResource"]
 
@@ -165,15 +167,30 @@ class TasksResource:
         initial = task_id if isinstance(task_id, Task) else None
         ident = require_id(initial.id if initial is not None else str(task_id), "task_id")
 
+        # What the last delivery announced (terminal target, status): a read must show it.
+        announced: set[tuple[str, str]] = set()
+
         async def read(last: Task | None) -> Task:
-            task = merge_task_snapshot(last, await self.get(ident))
+            fresh = await self.get(ident)
+            if webhooks is not None:
+                webhooks.confirm(fresh)
+            task = merge_task_snapshot(last, fresh)
             if on_update is not None:
                 on_update(task)
             return task
 
         def subscribe(wake: Callable[[], None]) -> Callable[[], None]:
             assert webhooks is not None
-            return webhooks.subscribe(ident, lambda _: wake())
+
+            def on_delivery(delivery: Task) -> None:
+                announced.clear()
+                announced.update(terminal_keys(delivery))
+                wake()
+
+            return webhooks.subscribe(ident, on_delivery)
+
+        def unconfirmed(task: Task) -> bool:
+            return not announced <= terminal_keys(task)
 
         task = await poll_until(
             read,
@@ -184,6 +201,7 @@ class TasksResource:
             initial=initial,
             wakeups=subscribe if webhooks is not None else None,
             interval=safety_poll if webhooks is not None else None,
+            unconfirmed=unconfirmed if webhooks is not None else None,
         )
         if raise_on_error and task.failed_targets:
             raise errors.TaskFailedError(task)

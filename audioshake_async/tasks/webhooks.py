@@ -5,13 +5,17 @@ AudioShake POSTs the full task JSON to a registered URL each time one target tur
 delivery is a hint, never the truth:
 
 - the receiver URL carries an unguessable secret path token, compared in constant time;
-- bodies are size-limited and must parse as a task; a bad delivery gets a 4xx, is logged
-  without its body, and changes nothing;
-- deliveries are deduplicated by (task id, target id, status) and may arrive repeated, out of
-  order, stale or not at all;
-- a delivery only wakes whoever waits on that task; the waiter then confirms with one
-  authenticated ``GET /tasks/{id}`` and takes output links from that answer only, never from
-  the delivery (a forged delivery naming a link on a foreign host downloads nothing).
+- bodies are size-limited, depth-limited and must parse as a task; a bad delivery gets a 4xx,
+  is logged without its body, and changes nothing;
+- a delivery only wakes whoever waits on that task; the waiter then confirms with an
+  authenticated read and takes output links from that answer only, never from the delivery
+  (a forged delivery naming a link on a foreign host downloads nothing);
+- deliveries are deduplicated by (task id, target id, status) against *confirmed* changes only
+  (:meth:`WebhookReceiver.confirm`): an unconfirmed one (early, forged, or read back stale)
+  never hides the genuine delivery that follows it;
+- the standalone server (:meth:`WebhookReceiver.serve`) bounds slow clients: a request head
+  must arrive within ``read_timeout``, a body within ``body_timeout``, and at most
+  ``max_connections`` connections are open at once.
 
 Mount :meth:`WebhookReceiver.app` (or :meth:`add_routes`) in your own aiohttp application, or
 start :meth:`WebhookReceiver.serve` for scripts and the CLI.
@@ -19,6 +23,7 @@ start :meth:`WebhookReceiver.serve` for scripts and the CLI.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import hmac
@@ -28,11 +33,14 @@ import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
+import anyio
 import attrs
 from aiohttp import web
 
 from .. import errors
+from ..core.http import parse_json
 from ..models import Task
+from ._server import ConnectionGuard
 from .wire import parse_task
 
 __all__ = ["DeliveryListener", "DeliveryOutcome", "WebhookReceiver", "WebhookStats"]
@@ -49,6 +57,12 @@ ASGISend = Callable[[ASGIMessage], Awaitable[None]]
 ASGIApp = Callable[[ASGIScope, ASGIReceive, ASGISend], Awaitable[None]]
 
 DEFAULT_MAX_BODY = 1 << 20
+#: Seconds a client may take to send a request head (slowloris bound of the standalone server).
+DEFAULT_READ_TIMEOUT = 10.0
+#: Seconds a client may take to send a whole body.
+DEFAULT_BODY_TIMEOUT = 10.0
+#: Connections the standalone server keeps open at once; more are closed on arrival.
+DEFAULT_MAX_CONNECTIONS = 256
 #: Recent deliveries remembered for tasks nobody waits on yet (a wait that starts late).
 RECENT_TASKS = 10_000
 
@@ -61,12 +75,22 @@ class WebhookStats:
     duplicates: int = 0
     unwatched: int = 0
     rejected: int = 0
+    #: Bodies or request heads too slow (408 or closed), connections over the cap.
+    timeouts: int = 0
+    refused_connections: int = 0
 
 
 @attrs.frozen
 class _Seen:
-    task: Task
-    keys: frozenset[tuple[str, str]]
+    #: The last delivery (replayed to a late subscriber), if one arrived.
+    task: Task | None
+    #: (target id, status) pairs an authenticated read confirmed.
+    confirmed: frozenset[tuple[str, str]]
+
+
+def terminal_keys(task: Task) -> frozenset[tuple[str, str]]:
+    """The (target id, status) pairs of ``task``'s terminal targets: what a delivery tells."""
+    return frozenset((t.id, t.status) for t in task.targets if t.is_terminal)
 
 
 @attrs.frozen
@@ -91,13 +115,24 @@ class WebhookReceiver:
         token: str | None = None,
         path_prefix: str = "/audioshake/webhooks",
         max_body: int = DEFAULT_MAX_BODY,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
+        body_timeout: float = DEFAULT_BODY_TIMEOUT,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         self._token = token or secrets.token_urlsafe(32)
         if len(self._token) < 16:
             raise errors.ValidationError("a webhook path token needs at least 16 characters")
         self.path_prefix = "/" + path_prefix.strip("/")
         self.max_body = max_body
+        if min(read_timeout, body_timeout) <= 0 or max_connections < 1:
+            raise errors.ConfigurationError(
+                "read_timeout and body_timeout must be positive, max_connections at least 1"
+            )
+        self.read_timeout = read_timeout
+        self.body_timeout = body_timeout
+        self.max_connections = max_connections
         self.stats = WebhookStats()
+        self._guard: ConnectionGuard | None = None
         self._listeners: dict[str, set[DeliveryListener]] = collections.defaultdict(set)
         self._global: set[DeliveryListener] = set()
         # Per recent task: its last delivery and the (target id, status) pairs seen, evicted
@@ -138,22 +173,48 @@ class WebhookReceiver:
 
     @contextlib.asynccontextmanager
     async def serve(self, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
-        """Run a standalone server; yields its base URL (``http://host:port``)."""
+        """Run a standalone server; yields its base URL (``http://host:port``).
+
+        Slow or idle clients are bounded: ``read_timeout`` for a request head (and idle
+        keep-alive), ``body_timeout`` for a body, ``max_connections`` open at once.
+        """
         app = web.Application(client_max_size=self.max_body)
         self.add_routes(app)
-        runner = web.AppRunner(app, access_log=None)
+        runner = web.AppRunner(app, access_log=None, keepalive_timeout=self.read_timeout)
         await runner.setup()
-        site = web.TCPSite(runner, host, port)
+        assert runner.server is not None
+        guard = ConnectionGuard(
+            runner.server, self.max_connections, self.read_timeout, self.stats_hook
+        )
+        server: asyncio.AbstractServer | None = None
         try:
-            await site.start()
-            # The bound port (``port=0`` picks a free one); ``addresses`` is public API.
-            bound = runner.addresses[0][1] if runner.addresses else port
+            server = await asyncio.get_running_loop().create_server(guard.protocol, host, port)
+            self._guard = guard
+            # The bound port (``port=0`` picks a free one).
+            bound = server.sockets[0].getsockname()[1] if server.sockets else port
             shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
             self.base_url = f"http://{shown}:{bound}"
             yield self.base_url
         finally:
             self.base_url = None
+            self._guard = None
+            if server is not None:
+                server.close()
+            guard.close_all()
             await runner.cleanup()
+
+    def stats_hook(self, event: str) -> None:
+        """Count a connection-level event of the standalone server (``timeout``, ``refused``)."""
+        if event == "timeout":
+            self.stats.timeouts += 1
+        elif event == "refused":
+            self.stats.refused_connections += 1
+        logger.warning("webhook connection %s", event)
+
+    @property
+    def open_connections(self) -> int:
+        """Connections the standalone server holds now (0 when not serving)."""
+        return self._guard.open_connections if self._guard is not None else 0
 
     # ------------------------------------------------------------------ waiters
 
@@ -164,7 +225,7 @@ class WebhookReceiver:
         """
         self._listeners[task_id].add(listener)
         recent = self._recent.get(task_id)
-        if recent is not None:
+        if recent is not None and recent.task is not None:
             listener(recent.task)
 
         def unsubscribe() -> None:
@@ -181,6 +242,18 @@ class WebhookReceiver:
         self._global.add(listener)
         return lambda: self._global.discard(listener)
 
+    def confirm(self, task: Task) -> None:
+        """Record what an authenticated read of ``task`` showed: later deliveries of these
+        (target, status) pairs are duplicates. Only confirmed changes are deduplicated."""
+        keys = terminal_keys(task)
+        if not keys:
+            return
+        seen = self._recent.get(task.id)
+        if seen is not None and keys <= seen.confirmed:
+            return
+        last = seen.task if seen is not None else None
+        self._remember(task.id, last, keys | seen.confirmed if seen is not None else keys)
+
     # ------------------------------------------------------------------ the endpoint
 
     def accept(self, token: str, body: bytes) -> DeliveryOutcome:
@@ -193,19 +266,22 @@ class WebhookReceiver:
             return self._reject(404, "not found")
         if len(body) > self.max_body:
             return self._reject(413, "body too large")
-        try:
-            task = parse_task(json.loads(body))
-        except (ValueError, errors.ResponseParseError):
+        task: Task | None = None
+        with contextlib.suppress(errors.ResponseParseError):
+            # Depth-guarded: a 200,000-deep array is a 400, not a RecursionError and a 500.
+            task = parse_task(parse_json(body))
+        if task is None:
             return self._reject(400, "not a task")
         if not task.id or not task.targets:
             return self._reject(422, "task without id or targets")
         seen = self._recent.get(task.id)
-        keys = frozenset((t.id, t.status) for t in task.targets if t.is_terminal)
-        # Nothing terminal, or nothing new: a repeat or a stale snapshot wakes nobody.
-        if not keys or (seen is not None and keys <= seen.keys):
+        keys = terminal_keys(task)
+        # Nothing terminal, or nothing beyond what a read confirmed: nobody is woken. An
+        # unconfirmed repeat does wake: the read after the first one may have been stale.
+        if not keys or (seen is not None and keys <= seen.confirmed):
             self.stats.duplicates += 1
             return DeliveryOutcome(200, "duplicate")
-        self._remember(task, keys | seen.keys if seen is not None else keys)
+        self._remember(task.id, task, seen.confirmed if seen is not None else frozenset())
         watchers = self._listeners.get(task.id)
         if not watchers:
             self.stats.unwatched += 1
@@ -224,7 +300,18 @@ class WebhookReceiver:
         return DeliveryOutcome(status, reason)
 
     async def handle(self, request: web.Request) -> web.Response:
-        """The aiohttp handler: read at most ``max_body`` + 1 bytes, then :meth:`accept`."""
+        """The aiohttp handler: read at most ``max_body`` + 1 bytes within ``body_timeout``,
+        then :meth:`accept`. A body too slow is answered 408 and its connection closed."""
+        guard = self._guard
+        if guard is not None:
+            guard.request_started(request.transport)
+        try:
+            return await self._handle(request)
+        finally:
+            if guard is not None:
+                guard.request_finished(request.transport)
+
+    async def _handle(self, request: web.Request) -> web.Response:
         token = request.match_info.get("token", "")
         length = request.content_length
         if length is not None and length > self.max_body:
@@ -232,11 +319,18 @@ class WebhookReceiver:
         else:
             # read(n) returns what has arrived, up to n: a chunked body needs several reads.
             body = bytearray()
-            while len(body) <= self.max_body:
-                chunk = await request.content.read(self.max_body + 1 - len(body))
-                if not chunk:
-                    break
-                body += chunk
+            with anyio.move_on_after(self.body_timeout) as scope:
+                while len(body) <= self.max_body:
+                    chunk = await request.content.read(self.max_body + 1 - len(body))
+                    if not chunk:
+                        break
+                    body += chunk
+            if scope.cancelled_caught:
+                self.stats.timeouts += 1
+                logger.warning("webhook delivery body too slow: 408 after %g s", self.body_timeout)
+                return web.json_response(
+                    {"status": "body timeout"}, status=408, headers={"Connection": "close"}
+                )
             outcome = self.accept(token, bytes(body))
         return web.json_response({"status": outcome.result}, status=outcome.status)
 
@@ -257,9 +351,11 @@ class WebhookReceiver:
         """
         return _ASGIReceiver(self)
 
-    def _remember(self, task: Task, keys: frozenset[tuple[str, str]]) -> None:
-        self._recent[task.id] = _Seen(task, keys)
-        self._recent.move_to_end(task.id)
+    def _remember(
+        self, task_id: str, task: Task | None, confirmed: frozenset[tuple[str, str]]
+    ) -> None:
+        self._recent[task_id] = _Seen(task, confirmed)
+        self._recent.move_to_end(task_id)
         while len(self._recent) > RECENT_TASKS:
             self._recent.popitem(last=False)
 
@@ -291,13 +387,18 @@ class _ASGIReceiver:
             await _respond(send, self.receiver.too_large(token))
             return
         body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            if len(body) > limit or not message.get("more_body", False):
-                break
+        with anyio.move_on_after(self.receiver.body_timeout) as reading:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                body += message.get("body", b"")
+                if len(body) > limit or not message.get("more_body", False):
+                    break
+        if reading.cancelled_caught:
+            self.receiver.stats.timeouts += 1
+            await _respond(send, DeliveryOutcome(408, "body timeout"))
+            return
         await _respond(send, self.receiver.accept(token, bytes(body)))
 
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import posixpath
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 from .. import errors
 from .._convert import unstructure
-from ..core.http import redact_url, structure_as
+from ..core.http import check_source_url, structure_as
 from ..models import (
     DOCUMENTED_INPUT_EXTENSIONS,
     MAX_METADATA_LENGTH,
@@ -47,9 +46,7 @@ def build_create_task_body(
     if asset_id is not None and not asset_id.strip():
         raise errors.ValidationError("asset_id is empty")
     if url is not None:
-        scheme = urlsplit(url).scheme.lower()
-        if scheme not in ("https", "http"):
-            raise errors.ValidationError(f"url must be a public https URL, got {redact_url(url)!r}")
+        check_source_url(url)
     if metadata is not None:
         if not isinstance(metadata, str):
             raise errors.ValidationError("metadata is a string (JSON-encode structured data)")
