@@ -200,6 +200,10 @@ async def test_workers_killed_and_frozen_still_process_every_input_exactly_once(
         assert [w.returncode for w in others] == [0, 0, 0], [
             outputs[w.pid][1].decode()[-3000:] for w in others
         ]
+        for worker in others:
+            # The same budget figures as `run --json`: the adaptive window of this worker.
+            flow = json.loads(outputs[worker.pid][0])["flow"]
+            assert flow["rate_per_s"] == 60.0 and flow["peak_window"] >= 1, flow
         stats = emulator.stats()
         assert stats["faults"]["drop_after_create"] > 0
         # One budget for every worker: the emulator's 60 requests/s were never exceeded.
