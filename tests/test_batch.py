@@ -22,6 +22,7 @@ from audioshake_async.batch import (
     BatchEvent,
     BatchResult,
     FileWritten,
+    FlowUpdate,
     ItemDone,
     ItemFailed,
     SqliteJournal,
@@ -228,10 +229,15 @@ async def test_events_describe_each_item(
     events: list[BatchEvent] = []
     (source,) = make_wavs(1)
     await collect(client, [source], tmp_path / "out", progress=events.append)
-    kinds = [type(e) for e in events]
+    kinds = [type(e) for e in events if not isinstance(e, FlowUpdate)]
     assert kinds.index(Uploaded) < kinds.index(TaskCreated) < kinds.index(TargetDone)
     assert kinds.index(TargetDone) < kinds.index(FileWritten) < kinds.index(ItemDone)
     assert kinds.count(FileWritten) == 2 and kinds[-1] is ItemDone
+    # The run ends with its budget figures: one upload, one create, at least one refresh.
+    final = events[-1]
+    assert isinstance(final, FlowUpdate) and final.final
+    assert (final.upload_requests, final.create_requests) == (1, 1)
+    assert final.poll_requests >= 1 and final.processing_time is not None
     assert {e.model for e in events if isinstance(e, TargetDone)} == {"vocals", "drums"}
 
 

@@ -81,6 +81,11 @@ def test_json_summary_and_resume(tmp_path: pathlib.Path) -> None:
     assert summary["done"] == summary["items"] == len(list(SAMPLES.glob("*.wav")))
     assert summary["api_requests"]["POST /tasks"] == summary["items"]
     assert all(pathlib.Path(f).exists() for r in summary["results"] for f in r["files"])
+    # The budget figures: the window, the time in flight, the shares of the budget.
+    flow = summary["flow"]
+    assert flow["create_share"] > 0 and flow["upload_share"] > 0 and flow["poll_share"] > 0
+    assert flow["peak_window"] >= flow["peak_in_flight"] >= 1
+    assert flow["processing_time_s"] is not None and flow["rate_per_s"] > 0
     # A second run against a new emulator: the journal says everything is done.
     status, out, _ = run()
     again = json.loads(out)

@@ -167,7 +167,7 @@ async def test_workers_killed_and_frozen_still_process_every_input_exactly_once(
             *common,
             *service,
             "--lease",
-            "4",
+            "8",
             "--request-timeout",
             "1.5",
             "--quiet",
@@ -189,7 +189,8 @@ async def test_workers_killed_and_frozen_still_process_every_input_exactly_once(
         killed, frozen = by_pid[busy[0]], by_pid[busy[1]]
         killed.send_signal(signal.SIGKILL)
         frozen.send_signal(signal.SIGSTOP)
-        await asyncio.sleep(6.0)
+        # Past its 8 s lease (a loaded machine must not make healthy workers lose theirs).
+        await asyncio.sleep(11.0)
         frozen.send_signal(signal.SIGCONT)
         outputs = {w.pid: await asyncio.wait_for(w.communicate(), 180) for w in workers}
         assert killed.returncode == -signal.SIGKILL
@@ -200,6 +201,10 @@ async def test_workers_killed_and_frozen_still_process_every_input_exactly_once(
         assert [w.returncode for w in others] == [0, 0, 0], [
             outputs[w.pid][1].decode()[-3000:] for w in others
         ]
+        for worker in others:
+            # The same budget figures as `run --json`: the adaptive window of this worker.
+            flow = json.loads(outputs[worker.pid][0])["flow"]
+            assert flow["rate_per_s"] == 60.0 and flow["peak_window"] >= 1, flow
         stats = emulator.stats()
         assert stats["faults"]["drop_after_create"] > 0
         # One budget for every worker: the emulator's 60 requests/s were never exceeded.

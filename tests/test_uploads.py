@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from audioshake_async import RetryPolicy, errors
-from audioshake_async.core.upload import CHUNK_SIZE, UploadSource
+from audioshake_async.core.upload import CHUNK_SIZE, ChunkedPayload, UploadDigest, UploadSource
 from audioshake_async.core.upload import prepare_upload as prepare_with_check
 from audioshake_async.models import MAX_UPLOAD_BYTES
 from audioshake_async.tasks.wire import validate_upload
@@ -231,6 +231,41 @@ async def test_upload_retried_after_503_with_a_fresh_full_body(
     assert progress.count(SIZE) == 2
     restart = progress.index(SIZE) + 1
     assert progress[restart] <= CHUNK_SIZE
+
+
+@pytest.mark.parametrize("kind", ["path", "bytes"])
+async def test_upload_digest_is_the_sha256_of_the_bytes_sent(
+    kind: str, song: pathlib.Path, payload: bytes
+) -> None:
+    # The first attempt is cut after its body was read; the digest is that of a whole body.
+    api = FakeAPI()
+    api.faults["POST /assets"] = [("read+", 503)]
+    seen: list[int] = []
+    digest = UploadDigest(lambda sent, total: seen.append(sent))
+    source: Any = {"path": song, "bytes": payload}[kind]
+    async with api_client(api) as client:
+        await client.assets.upload(source, filename="song.wav", progress=digest)
+    _, second = api.requests("POST", "/assets")
+    assert digest.sha256 == second.body_sha256 == hashlib.sha256(payload).hexdigest()
+    assert seen[-1] == SIZE  # the wrapped progress callback still hears every chunk
+
+
+async def test_upload_digest_stays_unset_when_the_body_is_cut_short(
+    tmp_path: pathlib.Path,
+) -> None:
+    path = tmp_path / "shrinks.wav"
+    path.write_bytes(b"RIFF" + bytes(CHUNK_SIZE * 2))
+    prepared = await prepare_upload(path)
+    path.write_bytes(b"RIFF")  # shorter than announced
+    digest = UploadDigest()
+
+    class Sink:
+        async def write(self, chunk: bytes) -> None:
+            pass
+
+    with pytest.raises(errors.ValidationError, match="changed size"):
+        await ChunkedPayload(prepared, digest).write(Sink())  # type: ignore[arg-type]
+    assert digest.sha256 is None
 
 
 async def test_upload_retried_after_dropped_connection(song: pathlib.Path, payload: bytes) -> None:

@@ -3,7 +3,11 @@
 Stages, each with its own bound, joined by bounded anyio memory streams (so a slow stage holds
 back the ones before it and a million-item input is read lazily):
 
-    admit -> upload (4) -> create (16) -> watch (<= max_in_flight tasks) -> download (8) -> results
+    admit -> upload (4..64) -> create (16..64) -> watch (the window) -> download (8) -> results
+
+The window (items admitted and not finished) follows Little's law: the creation rate the
+request budget allows times the time a task spends in flight (``batch/window.py``); upload and
+create concurrency grow while latency holds (the network and the budget have room).
 
 - admit: stat the input, consult the journal, decide where the item enters (skip when done,
   watch when its task exists, create when a fresh asset exists, else upload);
@@ -11,9 +15,10 @@ back the ones before it and a million-item input is read lazily):
 - create: write an intent with a client token (carried in ``metadata``) to the journal, then
   ``POST /tasks``; an ambiguous failure is resolved by finding the token among recent tasks
   before creating again, so no work is billed twice;
-- watch: one loop refreshes every task in flight through the client's rate limiter, with
-  per-task backoff, by ``GET /tasks`` pages when that costs fewer requests than one
-  ``GET /tasks/{id}`` each; each target's outputs go to download as soon as it completes;
+- watch: one loop refreshes every task in flight through the client's rate limiter: by
+  ``GET /tasks`` sweeps on the interval the poll share of the budget allows when that costs
+  fewer requests than one ``GET /tasks/{id}`` each, else per-task reads with backoff; each
+  target's outputs go to download as soon as it completes;
 - download: stream each output to ``<out_dir>/<input stem>/<name>.<format>`` atomically, on
   disk or in a bucket (``out_dir="s3://..."``) through the output seam (``core/sink.py``).
 
@@ -86,9 +91,9 @@ async def _run_pipeline(
     pipeline: Pipeline, inputs: Iterable[Any] | AsyncIterable[Any]
 ) -> Exception | None:
     """Run every stage to the end; returns the error the input iterator raised, if any."""
-    options = pipeline.options
-    upload_send, upload_recv = anyio.create_memory_object_stream[Item](options.upload_concurrency)
-    create_send, create_recv = anyio.create_memory_object_stream[Item](options.create_concurrency)
+    options, flow = pipeline.options, pipeline.flow
+    upload_send, upload_recv = anyio.create_memory_object_stream[Item](flow.uploads.initial)
+    create_send, create_recv = anyio.create_memory_object_stream[Item](flow.creates.initial)
     download_send, download_recv = anyio.create_memory_object_stream[DownloadJob](
         options.download_concurrency * 2
     )
@@ -116,7 +121,7 @@ async def _run_pipeline(
                     logger.debug("input iterator raised %r; finishing admitted items", exc)
                     input_failure.append(exc)
                     break
-                await pipeline.in_flight.acquire()
+                await flow.admit()
                 await pipeline.admit(raw, upload_send, create_send)
 
     async def creators(inboxes: list[MemoryObjectReceiveStream[Item]]) -> None:
@@ -124,6 +129,7 @@ async def _run_pipeline(
             for inbox in inboxes:
                 inner.start_soon(pipeline.create_worker, inbox)
         # Every task is handed over: the watcher may stop once the last one finishes.
+        flow.creates_ended()
         pipeline.watcher.close()
 
     pipeline.watcher.downloads = download_send
@@ -136,12 +142,13 @@ async def _run_pipeline(
                 # The original receive ends close as soon as the workers hold their clones.
                 async with upload_recv, create_recv, download_recv:
                     group.start_soon(feed)
-                    for _ in range(options.upload_concurrency):
+                    # As many workers as the gates may ever let through; the gates set how many.
+                    for _ in range(flow.upload_workers):
                         group.start_soon(
                             pipeline.upload_worker, upload_recv.clone(), create_send.clone()
                         )
                     group.start_soon(
-                        creators, [create_recv.clone() for _ in range(options.create_concurrency)]
+                        creators, [create_recv.clone() for _ in range(flow.create_workers)]
                     )
                     group.start_soon(pipeline.watcher.run)
                     for _ in range(options.download_concurrency):
@@ -154,6 +161,9 @@ async def _run_pipeline(
         # Items whose lease was lost are another worker's now: not this run's to report.
         if failure is not None and not isinstance(failure, errors.LeaseLostError):
             await _report_stopped(pipeline, failure)
+        final = flow.update(final=True)
+        assert final is not None
+        pipeline.emit(final)
     return input_failure[0] if input_failure else None
 
 

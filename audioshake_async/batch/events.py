@@ -21,6 +21,7 @@ __all__ = [
     "BatchEvent",
     "BatchResult",
     "FileWritten",
+    "FlowUpdate",
     "ItemDone",
     "ItemFailed",
     "ItemQueued",
@@ -161,6 +162,58 @@ class ItemDone:
     at: float = _stamp()
 
 
+@attrs.frozen
+class FlowUpdate:
+    """How the batch uses the account's budget (sent about once a second, and at the end).
+
+    ``window`` is the tasks allowed in flight now (``peak_window`` the largest so far),
+    ``in_flight`` the items admitted and not finished; ``processing_time`` the mean seconds a
+    task spent in flight (None before the first finished); ``*_requests`` the API calls the
+    engine made for each purpose and ``*_share`` their share of ``rate x elapsed``.
+    """
+
+    elapsed: float
+    rate: float
+    window: int
+    peak_window: int
+    in_flight: int
+    peak_in_flight: int
+    processing_time: float | None
+    upload_concurrency: int
+    create_concurrency: int
+    upload_requests: int
+    create_requests: int
+    poll_requests: int
+    limit_signals: int
+    final: bool = False
+    at: float = _stamp()
+
+    def share(self, requests: int) -> float:
+        """``requests`` as a share of the budget of the elapsed time."""
+        budget = self.rate * self.elapsed
+        return requests / budget if budget > 0 else 0.0
+
+    def to_json(self) -> dict[str, float | int | None]:
+        """The figures of the JSON summary."""
+        return {
+            "elapsed_s": round(self.elapsed, 3),
+            "rate_per_s": self.rate,
+            "window": self.window,
+            "peak_window": self.peak_window,
+            "peak_in_flight": self.peak_in_flight,
+            "processing_time_s": (
+                None if self.processing_time is None else round(self.processing_time, 3)
+            ),
+            "upload_concurrency": self.upload_concurrency,
+            "create_concurrency": self.create_concurrency,
+            "upload_share": round(self.share(self.upload_requests), 4),
+            "create_share": round(self.share(self.create_requests), 4),
+            "poll_share": round(self.share(self.poll_requests), 4),
+            "poll_requests": self.poll_requests,
+            "limit_signals": self.limit_signals,
+        }
+
+
 BatchEvent = (
     ItemQueued
     | UploadProgress
@@ -171,5 +224,6 @@ BatchEvent = (
     | ItemSkipped
     | ItemFailed
     | ItemDone
+    | FlowUpdate
 )
 ProgressHook = Callable[[BatchEvent], None]

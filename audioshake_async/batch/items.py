@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import json
 import logging
 import pathlib
+import urllib.parse
 import uuid
-from collections.abc import (
-    Callable,
-)
+from collections.abc import Callable, Mapping
+from typing import Any
 
+import anyio.to_thread
 import attrs
 
 from .. import errors
 from ..core.files import safe_filename
 from ..models import Output, Task
-from .journal import ItemJournal, OutputRecord
+from .journal import ItemJournal, ItemRecord, OutputRecord
 
 logger = logging.getLogger("audioshake_async.batch")
 
@@ -61,6 +63,8 @@ class WatchState:
     hint_keys: frozenset[tuple[str, str]] = frozenset()
     #: Reads since the last delivery that did not show its change (stale or forged).
     hint_tries: int = 0
+    #: A delivery scheduled a read that has not begun yet: it is read even between sweeps.
+    hinted: bool = False
     unsubscribe: Callable[[], None] | None = None
 
 
@@ -142,12 +146,27 @@ def is_url(value: str) -> bool:
 def stem_of(source: str, is_url: bool) -> str:
     """The output directory name of an input: its file name without extension, made safe."""
     if is_url:
-        tail = source.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+        tail = source.split("?", 1)[0].split("#", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+        # Decoded (``Song%20Two.wav`` -> ``Song Two``), then made safe: a decoded ``%2F`` or
+        # control character cannot leave the output directory or break a name.
+        tail = urllib.parse.unquote(tail)
         stem = tail.rsplit(".", 1)[0] if "." in tail else tail
         return safe_filename(
             stem, fallback="url-" + hashlib.sha256(source.encode()).hexdigest()[:8]
         )
     return safe_filename(pathlib.Path(source).stem, fallback="input")
+
+
+def task_metadata(item: Item, token: str, extra: Mapping[str, Any] | None, limit: int) -> str:
+    """The task's ``metadata``: the user's fields, the client token and the input's name,
+    falling back to the token alone when longer than the provider's ``limit``."""
+    payload: dict[str, Any] = {**dict(extra or {}), "client_token": token}
+    name = pathlib.PurePosixPath(item.display).name if not item.is_url else item.display
+    payload["input"] = name[:512]
+    text = json.dumps(payload, separators=(",", ":"), sort_keys=True)
+    if len(text) > limit:
+        text = json.dumps({"client_token": token}, separators=(",", ":"))
+    return text
 
 
 def unique_upload_name(filename: str) -> str:
@@ -192,4 +211,47 @@ def retryable(error: BaseException) -> bool | None:
         return True
     if isinstance(error, (errors.ValidationError, errors.APIError, OSError)):
         return False
+    return None
+
+
+def failure_fields(failure: BaseException | None) -> dict[str, Any]:
+    """``error_type`` and ``retryable`` of an :class:`~.events.ItemFailed` for ``failure``."""
+    if failure is None:
+        return {"error_type": None, "retryable": None}
+    return {"error_type": type(failure).__name__, "retryable": retryable(failure)}
+
+
+def note_failure(item: Item, message: str, error: BaseException | str) -> None:
+    """Log an item's failure with structured fields; keep the first exception for its event."""
+    logger.info(
+        "%s failed: %s",
+        item.display,
+        message,
+        extra={
+            "input": item.display,
+            "task_id": item.task_id,
+            "error_type": None if isinstance(error, str) else type(error).__name__,
+            "request_id": getattr(error, "request_id", None),
+        },
+    )
+    if not isinstance(error, str) and item.failure is None:
+        item.failure = error
+
+
+async def check_content(
+    item: Item, record: ItemRecord | None, *, checksum: bool
+) -> ItemRecord | None:
+    """Compare the file with the journal; a changed file starts over (None)."""
+    if record is not None and record.size == item.size and record.mtime_ns == item.mtime_ns:
+        item.sha256 = record.sha256
+        return record
+    if record is not None and record.sha256 and checksum:
+        digest = await anyio.to_thread.run_sync(hash_file, pathlib.Path(item.source))
+        if digest == record.sha256:
+            assert item.size is not None and item.mtime_ns is not None
+            await item.journal.touch_source(item.size, item.mtime_ns)
+            item.sha256 = digest
+            return record
+        item.sha256 = digest
+    await item.journal.reset(item.size, item.mtime_ns, item.sha256)
     return None

@@ -54,6 +54,8 @@ class SharedListing:
         self.batch = batch
         self.provider = provider
         self.interval = interval
+        #: Seconds after which a recorded snapshot is too old to stand for a read.
+        self.stale_after = max(30.0, 10 * interval)
         self._dsn = dsn
         self._lock = threading.Lock()
         self._db: psycopg.Connection[Any] = connect(dsn)
@@ -83,8 +85,11 @@ class SharedListing:
             "SELECT s.body FROM audioshake_tasks_seen s JOIN audioshake_items i"
             " ON i.batch = s.batch AND i.task_id = s.task_id"
             " WHERE s.batch = %s AND i.status = 'created'"
+            # A snapshot no leader refreshed lately (none leads, or its sweep stops short of
+            # the task) is left out: the watcher then reads that task itself.
+            " AND s.seen_at > clock_timestamp() - make_interval(secs => %s)"
             " ORDER BY s.task_id LIMIT %s OFFSET %s",
-            (self.batch, take, skip),
+            (self.batch, self.stale_after, take, skip),
         )
         return [structure(body, Task) for (body,) in rows]
 

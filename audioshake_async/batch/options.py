@@ -30,11 +30,20 @@ logger = logging.getLogger("audioshake_async.batch")
 class BatchOptions:
     """Tuning of a batch; the defaults suit the documented 60 requests/s account limit."""
 
-    upload_concurrency: int = 4
-    create_concurrency: int = 16
+    #: Uploads at once; None adapts (from 4, up to 64) to the network and the budget.
+    upload_concurrency: int | None = None
+    #: ``POST /tasks`` at once; None adapts (from 16, up to 64).
+    create_concurrency: int | None = None
     download_concurrency: int = 8
-    #: Tasks created and not yet finished, at most (bounds memory and open work).
-    max_in_flight: int = 1000
+    #: Items admitted and not yet finished, at most; None sizes the window from Little's law
+    #: (creation rate the budget allows x time a task spends in flight), up to 20,000.
+    max_in_flight: int | None = None
+    #: Share of the request rate that refreshes (list pages, single reads, webhook
+    #: confirmations) may spend while creates are waiting; the rest is the creates'.
+    poll_share: float = 0.1
+    #: Requests per second of the account's budget; None: the provider's client-side limit
+    #: (``request_rate``) when it has one, else the documented 60.
+    request_rate: float | None = None
     #: Seconds an item may wait for its task; None waits as long as it takes.
     task_timeout: float | None = None
     poll: PollPolicy | None = None
@@ -89,8 +98,13 @@ class BatchOptions:
             "create_attempts",
             "poll_concurrency",
         ):
-            if getattr(self, name) < 1:
+            value = getattr(self, name)
+            if value is not None and value < 1:
                 raise errors.ValidationError(f"{name} must be at least 1")
+        if not 0 < self.poll_share < 1:
+            raise errors.ValidationError("poll_share must be between 0 and 1")
+        if self.request_rate is not None and not self.request_rate > 0:
+            raise errors.ValidationError("request_rate must be positive")
         if self.task_timeout is not None and self.task_timeout <= 0:
             raise errors.ValidationError("task_timeout must be positive")
 
@@ -100,10 +114,12 @@ class BatchOptionValues(TypedDict, total=False):
     ``client.batch`` (``**options: Unpack[BatchOptionValues]``): a misspelt option fails
     type checking. ``tests/test_batch_api.py`` keeps the two lists equal."""
 
-    upload_concurrency: int
-    create_concurrency: int
+    upload_concurrency: int | None
+    create_concurrency: int | None
     download_concurrency: int
-    max_in_flight: int
+    max_in_flight: int | None
+    poll_share: float
+    request_rate: float | None
     task_timeout: float | None
     poll: PollPolicy | None
     metadata: Mapping[str, Any] | None

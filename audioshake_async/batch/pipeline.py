@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import pathlib
 import random
 import time
 import uuid
-from typing import Any
 
 import anyio
 import anyio.abc
@@ -20,11 +18,13 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from .. import errors
 from ..core.http import SEND_GUARD, check_source_url, has_credentials, redact_url, redact_urls
 from ..core.sink import DiskSink
+from ..core.upload import UploadDigest
 from ..models import Target, Task
 from ..storage.s3 import S3Object, S3Stores, is_s3_uri
 from .events import (
     BatchEvent,
     BatchResult,
+    FlowUpdate,
     ItemDone,
     ItemFailed,
     ItemQueued,
@@ -34,19 +34,23 @@ from .events import (
     Uploaded,
     UploadProgress,
 )
+from .flow import Flow
 from .items import (
     DownloadJob,
     Item,
     ItemState,
     Origin,
+    check_content,
+    failure_fields,
     hash_file,
     is_url,
     missing_formats,
-    retryable,
+    note_failure,
     stem_of,
+    task_metadata,
     unique_upload_name,
 )
-from .journal import AsyncJournal, ItemRecord, journal_key
+from .journal import AsyncJournal, journal_key
 from .journal_pg_schema import lease_guard
 from .options import BatchOptions
 from .outputs import OutputStage, open_sink
@@ -56,6 +60,11 @@ from .sources import check_s3_input
 from .watcher import Watcher
 
 logger = logging.getLogger("audioshake_async.batch")
+
+#: ``POST /tasks`` answered 429 this many times for one item (each after the transport's own
+#: retries, a shrink of the window and a wait for a task to finish) before the item fails: a
+#: limit that never lifts.
+REFUSALS = 200
 
 
 class Pipeline:
@@ -85,7 +94,10 @@ class Pipeline:
         self.options = options
         self.results = results
         self.poll = options.poll or provider.poll
-        self.in_flight = anyio.Semaphore(options.max_in_flight)
+        rate = options.request_rate or getattr(provider, "request_rate", None)
+        self.flow = Flow(
+            options, rate, sweep_bounds=(self.poll.initial_interval, self.poll.max_interval)
+        )
         self.watcher = Watcher(self)
         self.cwd = os.getcwd()
         # Sources between admission and their result (at most max_in_flight of them), with
@@ -107,6 +119,10 @@ class Pipeline:
         except Exception:
             # A broken progress display must not break the batch.
             logger.exception("progress hook raised on %s", type(event).__name__)
+        # After the event, so the hook sees events in the order of their stamps.
+        update = None if isinstance(event, FlowUpdate) else self.flow.update()
+        if update is not None:
+            self.emit(update)
 
     async def fail(self, item: Item, error: BaseException | str) -> None:
         """Record and report the item as failed, with what it did write."""
@@ -115,20 +131,8 @@ class Pipeline:
             # going on would do work nobody can resume. The batch stops.
             raise error
         message = error if isinstance(error, str) else (str(error) or type(error).__name__)
-        logger.info(
-            "%s failed: %s",
-            item.display,
-            message,
-            extra={
-                "input": item.display,
-                "task_id": item.task_id,
-                "error_type": None if isinstance(error, str) else type(error).__name__,
-                "request_id": getattr(error, "request_id", None),
-            },
-        )
+        note_failure(item, message, error)
         item.problems.append(message)
-        if not isinstance(error, str) and item.failure is None:
-            item.failure = error
         item.settle()
         await self.maybe_finish(item)
 
@@ -158,32 +162,14 @@ class Pipeline:
         if status == "done":
             self.emit(ItemDone(item.display, files))
         else:
-            failure = item.failure
-            self.emit(
-                ItemFailed(
-                    item.display,
-                    error or "failed",
-                    error_type=type(failure).__name__ if failure is not None else None,
-                    retryable=retryable(failure) if failure is not None else None,
-                )
-            )
+            self.emit(ItemFailed(item.display, error or "failed", **failure_fields(item.failure)))
         directory = item.directory if self.outputs.on_disk else None
         await self.results.send(
             BatchResult(item.display, status, task, files, error, directory, tuple(item.locations))
         )
         # Only once reported: an item stopped before that is reported by the engine.
         self.active.pop(item.source, None)
-        self.in_flight.release()
-
-    def metadata_for(self, item: Item, token: str) -> str:
-        extra = dict(self.options.metadata or {})
-        payload: dict[str, Any] = {**extra, "client_token": token}
-        name = pathlib.PurePosixPath(item.display).name if not item.is_url else item.display
-        payload["input"] = name[:512]
-        text = json.dumps(payload, separators=(",", ":"), sort_keys=True)
-        if len(text) > self.provider.metadata_limit:
-            text = json.dumps({"client_token": token}, separators=(",", ":"))
-        return text
+        self.flow.finished()
 
     # ------------------------------------------------------------------ admit
 
@@ -206,7 +192,7 @@ class Pipeline:
             except errors.ValidationError as exc:
                 self.emit(ItemFailed(display, str(exc)))
                 await self.results.send(BatchResult(display, "failed", error=str(exc)))
-                self.in_flight.release()
+                self.flow.finished()
                 return
         # Pure string work (the working directory was read once): no blocking call here.
         source = display if as_url else os.path.normpath(os.path.join(self.cwd, display))  # noqa: ASYNC240
@@ -215,7 +201,7 @@ class Pipeline:
             await self.results.send(
                 BatchResult(display, "skipped", error="the same input is already in this batch")
             )
-            self.in_flight.release()
+            self.flow.finished()
             return
         self.active[source] = display
         stem = stem_of(source, as_url)
@@ -238,7 +224,7 @@ class Pipeline:
                 size = await self.provider.check_source(pathlib.Path(source))
                 stat = await anyio.to_thread.run_sync(os.stat, source)
                 item.size, item.mtime_ns = size, stat.st_mtime_ns
-                record = await self._check_content(item, record)
+                record = await check_content(item, record, checksum=self.options.checksum)
             elif record is None:
                 await item.journal.reset(None, None, None)
         except errors.AudioShakeError as exc:
@@ -269,7 +255,7 @@ class Pipeline:
                     )
                 )
                 self.active.pop(source, None)
-                self.in_flight.release()
+                self.flow.finished()
                 return
             fresh = (
                 record.asset_uploaded_at is not None
@@ -298,22 +284,6 @@ class Pipeline:
         else:
             await upload.send(item)
 
-    async def _check_content(self, item: Item, record: ItemRecord | None) -> ItemRecord | None:
-        """Compare the file with the journal; a changed file starts over (None)."""
-        if record is not None and record.size == item.size and record.mtime_ns == item.mtime_ns:
-            item.sha256 = record.sha256
-            return record
-        if record is not None and record.sha256 and self.options.checksum:
-            digest = await anyio.to_thread.run_sync(hash_file, pathlib.Path(item.source))
-            if digest == record.sha256:
-                assert item.size is not None and item.mtime_ns is not None
-                await item.journal.touch_source(item.size, item.mtime_ns)
-                item.sha256 = digest
-                return record
-            item.sha256 = digest
-        await item.journal.reset(item.size, item.mtime_ns, item.sha256)
-        return None
-
     # ------------------------------------------------------------------ upload
 
     async def upload_worker(
@@ -322,8 +292,18 @@ class Pipeline:
         async with inbox, create:
             async for item in inbox:
                 try:
-                    await self.upload(item)
+                    async with self.flow.upload_gate.hold():
+                        started = time.monotonic()
+                        await self.upload(item)
+                        # Demand: items queued, or held by workers waiting for the gate.
+                        waiting = self.flow.upload_gate.waiting > 0 or bool(
+                            inbox.statistics().current_buffer_used
+                        )
+                        seconds = time.monotonic() - started
+                        self.flow.upload_done(seconds, item.size or 0, demand=waiting)
                 except (errors.AudioShakeError, OSError) as exc:
+                    if isinstance(exc, (errors.APIConnectionError, errors.RateLimitError)):
+                        self.flow.congested("upload")
                     await self.fail(item, exc)
                     continue
                 await create.send(item)
@@ -331,8 +311,6 @@ class Pipeline:
     async def upload(self, item: Item) -> None:
         """Upload the item's file and record the asset."""
         path = pathlib.Path(item.source)
-        if item.sha256 is None and self.options.checksum:
-            item.sha256 = await anyio.to_thread.run_sync(hash_file, path)
         display = item.display
 
         def on_progress(sent: int, total: int) -> None:
@@ -340,20 +318,25 @@ class Pipeline:
 
         if item.upload_name is not None and self.options.find_interrupted_uploads:
             # An earlier run was stopped during this upload: it may have completed.
+            self.flow.upload_requests += 1
             found = await self.provider.find_upload(item.upload_name)
             if found is not None:
                 item.asset_id = found
-                await item.journal.record_asset(
-                    found,
-                    time.time(),
-                    item.sha256,
-                )
+                if item.sha256 is None and self.options.checksum:
+                    # No bytes stream this time: the content is read once, here.
+                    item.sha256 = await anyio.to_thread.run_sync(hash_file, path)
+                await item.journal.record_asset(found, time.time(), item.sha256)
                 self.emit(Uploaded(display, found, item.size or 0, reused=True))
                 return
         item.upload_name = unique_upload_name(path.name)
         await item.journal.record_upload_intent(item.upload_name)
-        asset_id = await self.provider.upload(path, item.upload_name, on_progress)
+        # The input is identified by path, size and mtime until now (the journal's lookup
+        # key); its SHA-256 is computed from the very bytes sent and recorded with the asset.
+        digest = UploadDigest(on_progress)
+        asset_id = await self.provider.upload(path, item.upload_name, digest)
         item.asset_id = asset_id
+        if self.options.checksum:
+            item.sha256 = digest.sha256 or await anyio.to_thread.run_sync(hash_file, path)
         await item.journal.record_asset(asset_id, time.time(), item.sha256)
         self.emit(Uploaded(display, asset_id, item.size or 0))
 
@@ -363,7 +346,13 @@ class Pipeline:
         async with inbox:
             async for item in inbox:
                 try:
-                    await self.create(item)
+                    async with self.flow.create_gate.hold():
+                        started = time.monotonic()
+                        await self.create(item)
+                        waiting = self.flow.create_gate.waiting > 0 or bool(
+                            inbox.statistics().current_buffer_used
+                        )
+                        self.flow.create_done(time.monotonic() - started, demand=waiting)
                 except (errors.AudioShakeError, OSError) as exc:
                     await self.fail(item, exc)
                     continue
@@ -387,9 +376,12 @@ class Pipeline:
             # request); never journaled or logged: it is a credential.
             url = await self.stores.presign(item.source)
         await item.journal.record_intent(token)
-        metadata = self.metadata_for(item, token)
+        metadata = task_metadata(item, token, self.options.metadata, self.provider.metadata_limit)
         last_error: BaseException | None = None
-        for attempt in range(1, self.options.create_attempts + 1):
+        attempt = refusals = 0
+        while attempt < self.options.create_attempts:
+            attempt += 1
+            self.flow.create_requests += 1
             guard = SEND_GUARD.set(lease_guard(self.journal.journal, item.display))
             try:
                 task = await self.provider.create(
@@ -398,7 +390,21 @@ class Pipeline:
                     targets=self.targets,
                     metadata=metadata,
                 )
-            except (errors.APIConnectionError, errors.ServerError, errors.RateLimitError) as exc:
+            except errors.RateLimitError as exc:
+                # Refused unprocessed (429, the transport's own retries spent): too much at
+                # once. The window shrinks and this item waits its turn; it is not failed.
+                refusals += 1
+                if refusals > REFUSALS:
+                    raise
+                attempt -= 1
+                self.flow.limit_signal()
+                logger.info("create for %s refused (%s); window shrunk", item.display, exc)
+                await self.flow.after_refusal(
+                    self.provider.retry.delay(min(refusals, 8), random.random())
+                )
+                continue
+            except (errors.APIConnectionError, errors.ServerError) as exc:
+                self.flow.congested("create")
                 if isinstance(exc, errors.AmbiguousRequestError) and not (
                     self.provider.supports_listing
                 ):
@@ -443,13 +449,9 @@ class Pipeline:
         item.task_id = task.id
         item.task = task
         await item.journal.record_task(task.id)
-        logger.debug(
-            "task %s created for %s%s",
-            task.id,
-            item.display,
-            " (found by its token)" if recovered else "",
-            extra={"task_id": task.id, "input": item.display, "route": "POST /tasks"},
-        )
+        how = " (found by its token)" if recovered else ""
+        fields = {"task_id": task.id, "input": item.display, "route": "POST /tasks"}
+        logger.debug("task %s created for %s%s", task.id, item.display, how, extra=fields)
         self.emit(TaskCreated(item.display, task.id, recovered=recovered))
 
     async def find_by_token(self, token: str, *, since: float | None = None) -> Task | None:

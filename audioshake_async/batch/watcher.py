@@ -1,4 +1,9 @@
-"""One loop that refreshes every task in flight: single reads or list pages, and hints.
+"""One loop that refreshes every task in flight: list sweeps or single reads, and hints.
+
+Many tasks in flight are swept: every ``GET /tasks`` page on the interval the poll share of the
+budget allows (a sweep costs per page, not per task, so no task keeps its own backoff and all
+are seen every sweep). A few tasks (or no listing) are read one by one with backoff. Every
+refresh request (hint confirmations included) is charged to the flow's poll budget.
 
 A webhook delivery is a hint: it names (target, status) pairs that a read must confirm. A
 delivery showing targets still running waits ``options.hint_coalesce`` seconds for their deliveries
@@ -27,6 +32,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from .. import errors
 from ..core.http import PollPolicy
 from ..models import Task, merge_task_snapshot
+from .flow import Flow
 from .items import DownloadJob, Item, Origin
 from .options import BatchOptions
 from .seam import BatchProvider
@@ -44,6 +50,7 @@ class Stages(Protocol):
     provider: BatchProvider
     options: BatchOptions
     poll: PollPolicy
+    flow: Flow
 
     def plan_downloads(self, item: Item, task: Task) -> list[DownloadJob]:
         """Download jobs for the targets that completed since the last look."""
@@ -82,7 +89,7 @@ _REFUSED = (
 
 
 class Watcher:
-    """Refreshes every task in flight from one loop, each on its own backoff schedule."""
+    """Refreshes every task in flight from one loop: swept together, or each on its backoff."""
 
     def __init__(self, pipeline: Stages) -> None:
         self.pipeline = pipeline
@@ -94,6 +101,20 @@ class Watcher:
         self.downloads: MemoryObjectSendStream[DownloadJob] | None = None
         self._recreating = 0
         self._group: anyio.abc.TaskGroup | None = None
+        #: When the next list sweep is due (sweep mode), and the gap between sweeps.
+        self._next_sweep = -math.inf
+        self._sweep_every = 0.0
+        pipeline.flow.oldest_age = self.oldest_age
+
+    def oldest_age(self) -> float:
+        """Seconds the longest-watched task has been in flight (0 with none)."""
+        for item in self.pending.values():
+            # Insertion order: the first entry is the oldest still watched.
+            return time.monotonic() - item.watch.started
+        return 0.0
+
+    def _sweeping(self) -> bool:
+        return self._list_is_cheaper(len(self.pending))
 
     async def add(self, item: Item) -> None:
         """Start watching an item whose task exists."""
@@ -135,10 +156,14 @@ class Watcher:
         coalesce = delivery is not None and not delivery.is_done
         due = time.monotonic() + (self.pipeline.options.hint_coalesce if coalesce else 0.0)
         if item.watch.next_due > due:
+            item.watch.hinted = True
             self._schedule_at(item, due)
             self._wake.set()
 
     def _interval(self, item: Item) -> float:
+        if self._sweeping() and math.isfinite(self._next_sweep):
+            # Rides on the next sweep; due on its own only if sweeping stops before then.
+            return max(0.0, self._next_sweep - time.monotonic()) + self._sweep_every
         if self.pipeline.options.webhooks is not None:
             return self.pipeline.options.safety_poll
         return self.pipeline.poll.interval(item.watch.polls + 1, random.random())
@@ -184,28 +209,52 @@ class Watcher:
 
     async def _loop(self) -> None:
         assert self.downloads is not None
+        budget = self.pipeline.flow.polls
         async with self.downloads:
             while True:
                 if self._producers_done and not self.pending and not self._recreating:
                     return
                 now = time.monotonic()
-                if not self._schedule or self._schedule[0][0] > now:
+                sweeping = self._sweeping()
+                if sweeping and not math.isfinite(self._next_sweep):
+                    self._next_sweep = now  # the first sweep is due at once
+                next_sweep = max(self._next_sweep, budget.ready_at(now)) if sweeping else math.inf
+                next_read = self._schedule[0][0] if self._schedule else math.inf
+                if math.isfinite(next_read):
+                    next_read = max(next_read, budget.ready_at(now))
+                wake_at = min(next_sweep, next_read)
+                if wake_at > now:
                     self._wake = anyio.Event()
-                    delay = self._schedule[0][0] - now if self._schedule else math.inf
-                    with anyio.move_on_after(delay):
+                    with anyio.move_on_after(wake_at - now):
                         await self._wake.wait()
                     continue
-                # Tasks due within the next polling interval may ride along on list pages.
-                window = self.pipeline.poll.initial_interval
-                candidates = self._pop_until(now + window)
-                due = [item for item in candidates if item.watch.next_due <= now]
-                if self._list_is_cheaper(len(candidates)):
-                    await self._refresh(candidates, by_list=True)
-                else:
-                    for item in candidates:
-                        if item.watch.next_due > now:
-                            self._schedule_at(item, item.watch.next_due)
-                    await self._refresh(due, by_list=False)
+                if next_sweep <= now:
+                    await self._sweep(now)
+                    continue
+                due = self._pop_until(now)
+                if sweeping:
+                    # Only confirmations of deliveries are read one by one; the rest ride
+                    # on the next sweep.
+                    confirming = [i for i in due if i.watch.hinted or i.watch.hint_keys]
+                    for item in due:
+                        if not (item.watch.hinted or item.watch.hint_keys):
+                            self._schedule_at(item, self._next_sweep + self._sweep_every)
+                    due = confirming
+                # Confirmations due together ride on list pages when those cost fewer requests.
+                await self._refresh(due, by_list=self._list_is_cheaper(len(due)))
+
+    async def _sweep(self, now: float) -> None:
+        """Every task in flight through list pages; the next sweep after the share's interval."""
+        flow = self.pipeline.flow
+        options = self.pipeline.options
+        # With webhooks the deliveries drive the waiting; sweeps are the safety poll.
+        floor = options.safety_poll if options.webhooks is not None else None
+        interval = flow.polls.sweep_interval(
+            self._pages_estimate(), creating=flow.creating, floor=floor
+        )
+        self._sweep_every = interval
+        self._next_sweep = now + interval
+        await self._refresh([i for i in self.pending.values() if not i.finished], by_list=True)
 
     def _start_recreate(self, item: Item) -> None:
         assert self._group is not None
@@ -234,6 +283,8 @@ class Watcher:
     async def _refresh(self, due: list[Item], *, by_list: bool) -> None:
         if not due:
             return
+        for item in due:
+            item.watch.hinted = False  # a delivery from now on schedules a read of its own
         options = self.pipeline.options
         provider = self.pipeline.provider
         snapshots: dict[str, Task] = {}
@@ -248,6 +299,7 @@ class Watcher:
         async def get_one(item: Item) -> None:
             assert item.task_id is not None
             async with limiter:
+                self.pipeline.flow.charge_polls(1)
                 try:
                     snapshots[item.task_id] = await provider.get(item.task_id)
                 except errors.AudioShakeError as exc:
@@ -315,20 +367,48 @@ class Watcher:
     async def _refresh_by_list(self, wanted: set[str], pages_estimate: int) -> dict[str, Task]:
         found: dict[str, Task] = {}
         page_size = self.pipeline.provider.page_size
-        source = self.pipeline.options.listing or self.pipeline.provider
-        skip = 0
-        for _ in range(max(3, 2 * pages_estimate)):
+        shared = self.pipeline.options.listing
+        # A shared listing (many workers) serves pages from the database: no API request.
+        source = shared or self.pipeline.provider
+        limit = max(3, 2 * pages_estimate)
+        # Pages in waves of up to poll_concurrency at once: each page waits its turn in the
+        # rate limiter behind the creates, so one page at a time would make a sweep of many
+        # pages take minutes and completions be noticed late.
+        wave = max(1, min(self.pipeline.options.poll_concurrency, pages_estimate))
+        pages: dict[int, list[Task]] = {}
+        failed: list[BaseException] = []
+
+        async def fetch(number: int) -> None:
+            if shared is None:
+                self.pipeline.flow.charge_polls(1)
             try:
-                page = await source.page(skip=skip, take=page_size)
+                pages[number] = await source.page(skip=number * page_size, take=page_size)
             except errors.AudioShakeError as exc:
-                logger.info("list refresh failed (%s); falling back to single gets", exc)
+                failed.append(exc)
+
+        start = 0
+        while start < limit:
+            numbers = range(start, min(limit, start + wave))
+            async with anyio.create_task_group() as group:
+                for number in numbers:
+                    group.start_soon(fetch, number)
+            short = False
+            for number in numbers:
+                page = pages.get(number)
+                if page is None:
+                    break
+                for task in page:
+                    if task.id in self.pending:
+                        found[task.id] = task
+                if len(page) < page_size:
+                    short = True
+                    break
+            if failed:
+                logger.info("list refresh failed (%s); falling back to single gets", failed[0])
                 break
-            for task in page:
-                if task.id in self.pending:
-                    found[task.id] = task
-            if wanted <= found.keys() or len(page) < page_size:
+            if short or wanted <= found.keys():
                 break
-            skip += page_size
+            start += wave
         return found
 
     def _next_due(self, item: Item) -> float:
@@ -376,6 +456,9 @@ class Watcher:
             assert self.downloads is not None
             await self.downloads.send(job)
         if item.task.is_done:
+            if item.origin is not Origin.RESUMED:
+                # A resumed task was created before this run: its age here means nothing.
+                self.pipeline.flow.task_done(time.monotonic() - item.watch.started)
             self._leave(item)
             item.settle()
             await self.pipeline.maybe_finish(item)

@@ -23,7 +23,7 @@ import anyio.to_thread
 
 from .. import errors
 from .._convert import structure, unstructure
-from ..batch import BatchOptions, expand_inputs
+from ..batch import BatchEvent, BatchOptions, FlowUpdate, expand_inputs
 from ..batch.cluster import submit, work
 from ..batch.journal_pg import PostgresJournal, is_postgres_dsn
 from ..batch.reconcile import token_of
@@ -179,12 +179,14 @@ async def _work(
 ) -> int:
     _, settings = await anyio.to_thread.run_sync(journal.batch_settings)
     targets = [structure(t, Target) for t in settings["targets"]]
-    if args.concurrency < 1 or args.max_in_flight < 1:
+    if (args.concurrency is not None and args.concurrency < 1) or (
+        args.max_in_flight is not None and args.max_in_flight < 1
+    ):
         raise UsageError("--concurrency and --max-in-flight must be at least 1")
     options = BatchOptions(
         s3=_s3_of(settings),
         upload_concurrency=args.concurrency,
-        download_concurrency=2 * args.concurrency,
+        download_concurrency=8 if args.concurrency is None else 2 * args.concurrency,
         max_in_flight=args.max_in_flight,
         task_timeout=args.timeout,
     )
@@ -229,6 +231,13 @@ async def _work_with(
     done = failed = 0
     failures: list[tuple[str, str | None]] = []
     status = EXIT_OK
+    flows: list[FlowUpdate] = []  # the engine's latest budget figures, for the summary
+
+    def on_event(event: BatchEvent) -> None:
+        if isinstance(event, FlowUpdate):
+            flows[:] = [event]
+        tracker(event)
+
     async with (
         open_provider(namespace, targets) as opened,
         live_display(tracker, quiet=args.quiet or args.json, stream=err, logs=logs),
@@ -240,7 +249,7 @@ async def _work_with(
                     journal,
                     out_dir=namespace.out,
                     targets=targets,
-                    progress=tracker,
+                    progress=on_event,
                     options=options,
                 )
             ) as results:
@@ -267,6 +276,8 @@ async def _work_with(
             "journal_round_trips": journal.round_trips,
             "rate_budget_round_trips": getattr(namespace.rate_limit, "round_trips", 0),
         }
+        if flows:
+            summary["flow"] = flows[0].to_json()
         print(json.dumps(summary, indent=2), file=out)
     else:
         print(f"worker {journal.owner}: {done} done, {failed} failed", file=out)

@@ -104,16 +104,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--concurrency",
         type=int,
-        default=4,
+        default=None,
         metavar="N",
-        help="uploads at once (downloads: 2N; default 4)",
+        help="uploads at once (downloads: 2N; default: adaptive from 4, downloads 8)",
     )
     run.add_argument(
         "--max-in-flight",
         type=int,
-        default=1000,
+        default=None,
         metavar="N",
-        help="tasks waited on at once (default 1000)",
+        help="tasks waited on at once, at most (default: sized from Little's law, up to 20000)",
     )
     journal = run.add_mutually_exclusive_group()
     journal.add_argument(
@@ -277,9 +277,19 @@ def add_cluster_commands(commands: Any, diagnostics: argparse.ArgumentParser) ->
     )
     _journal_options(worker)
     _service_options(worker)
-    worker.add_argument("--concurrency", type=int, default=4, metavar="N", help="uploads at once")
     worker.add_argument(
-        "--max-in-flight", type=int, default=1000, metavar="N", help="tasks waited on at once"
+        "--concurrency",
+        type=int,
+        default=None,
+        metavar="N",
+        help="uploads at once (downloads: 2N; default: adaptive from 4, downloads 8)",
+    )
+    worker.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=None,
+        metavar="N",
+        help="tasks waited on at once, at most (default: sized from Little's law, up to 20000)",
     )
     worker.add_argument(
         "--lease", type=float, default=120.0, metavar="S", help="claim lease seconds (120)"

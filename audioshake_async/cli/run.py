@@ -16,8 +16,10 @@ import attrs
 
 from .. import errors
 from ..batch import (
+    BatchEvent,
     BatchOptions,
     BatchResult,
+    FlowUpdate,
     SqliteJournal,
     expand_inputs,
     run_batch,
@@ -51,6 +53,8 @@ class RunSummary:
     skipped: int = 0
     failed: int = 0
     failures: list[tuple[str, str | None]] = attrs.Factory(list)
+    #: The engine's last budget figures (window, processing time, shares).
+    flow: FlowUpdate | None = None
     records: list[tuple[str, str, str | None, tuple[str, ...], str | None]] = attrs.Factory(list)
     #: Why the batch stopped before its end (the journal failed), if it did.
     stopped: str | None = None
@@ -75,6 +79,24 @@ class RunSummary:
         """``3 of 3 items finished: 0 done, 3 skipped, 0 failed`` (as the display says it)."""
         return counts_text(self.items, self.items, self.done, self.skipped, self.failed)
 
+    def observe(self, event: BatchEvent) -> None:
+        """Keep the latest :class:`FlowUpdate` for the summary."""
+        if isinstance(event, FlowUpdate):
+            self.flow = event
+
+    def flow_line(self) -> str | None:
+        """One line of budget figures for the text summary."""
+        flow = self.flow
+        if flow is None:
+            return None
+        seconds = "-" if flow.processing_time is None else f"{flow.processing_time:.1f} s"
+        return (
+            f"window {flow.window} (peak {flow.peak_window}, {flow.peak_in_flight} in flight), "
+            f"time in flight {seconds}; budget: creates {flow.share(flow.create_requests):.0%}, "
+            f"uploads {flow.share(flow.upload_requests):.0%}, "
+            f"polling {flow.share(flow.poll_requests):.0%} of {flow.rate:g}/s"
+        )
+
     def write_json(self, out: TextIO, requests: dict[str, int]) -> None:
         """The ``--json`` summary, byte for byte ``json.dumps(summary, indent=2)``."""
         head: dict[str, Any] = {
@@ -83,10 +105,12 @@ class RunSummary:
             "skipped": self.skipped,
             "failed": self.failed,
             "api_requests": dict(sorted(requests.items())),
-            "results": [],
         }
         if self.stopped is not None:
             head = {"stopped": self.stopped, **head}
+        if self.flow is not None:
+            head["flow"] = self.flow.to_json()
+        head["results"] = []
         text = json.dumps(head, indent=2)
         if not self.records:
             print(text, file=out)
@@ -147,7 +171,9 @@ async def run_command(
 
         check_inputs_exist(args.inputs)
         return await run_on_postgres(args, targets, out, err, logs)
-    if args.concurrency < 1 or args.max_in_flight < 1:
+    if (args.concurrency is not None and args.concurrency < 1) or (
+        args.max_in_flight is not None and args.max_in_flight < 1
+    ):
         raise UsageError("--concurrency and --max-in-flight must be at least 1")
     if args.timeout is not None and args.timeout <= 0:
         raise UsageError("--timeout must be positive")
@@ -180,7 +206,7 @@ async def run_command(
     options = BatchOptions(
         s3=s3,
         upload_concurrency=args.concurrency,
-        download_concurrency=2 * args.concurrency,
+        download_concurrency=8 if args.concurrency is None else 2 * args.concurrency,
         max_in_flight=args.max_in_flight,
         task_timeout=args.timeout,
         retry_failed=args.retry_failed,
@@ -188,6 +214,10 @@ async def run_command(
     tracker = ProgressTracker(targets_per_item=len(targets))
     summary = RunSummary(keep_records=args.json)
     unreadable: dict[str, str] = {}
+
+    def on_event(event: BatchEvent) -> None:
+        summary.observe(event)
+        tracker(event)
 
     def on_unreadable(path: str, exc: OSError) -> None:
         # Called from a worker thread; a plain dict store is atomic under the GIL.
@@ -221,7 +251,7 @@ async def run_command(
                 targets=targets,
                 out_dir=out_dir,
                 journal=store,
-                progress=tracker,
+                progress=on_event,
                 options=options,
             )
             async with contextlib.aclosing(batch):
@@ -238,6 +268,9 @@ async def run_command(
     # Failures go to stderr in both modes: with --json, stdout stays one JSON document.
     for item, error in summary.failures:
         print(f"FAILED {item}: {error}", file=err)
+    flow_line = summary.flow_line()
+    if flow_line is not None and not args.quiet and not args.json:
+        print(flow_line, file=err)
     if summary.stopped is not None:
         print(f"STOPPED: {summary.stopped}; re-run the same command to resume", file=err)
     if excluded[0]:

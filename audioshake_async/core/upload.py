@@ -1,11 +1,14 @@
 """Streaming multipart upload bodies, rebuilt for every attempt, with progress.
 
 A path is reopened on each attempt and read in chunks off the event loop (worker threads), so a 2 GB
-upload holds one chunk in memory and a retry never replays an exhausted handle.
+upload holds one chunk in memory and a retry never replays an exhausted handle. With an
+:class:`UploadDigest` as the progress callback, each chunk is also hashed (SHA-256) in the same
+worker-thread hop that read it: the file is read once, not once to hash and once to send.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import pathlib
@@ -23,7 +26,7 @@ from aiohttp.payload import Payload
 
 from .. import errors
 
-__all__ = ["ProgressCallback", "UploadCheck", "UploadSource", "prepare_upload"]
+__all__ = ["ProgressCallback", "UploadCheck", "UploadDigest", "UploadSource", "prepare_upload"]
 
 #: A service's rule for one upload: ``(file name, size) -> content type``, raising
 #: :class:`~audioshake_async.errors.ValidationError` for a file the service does not take.
@@ -35,6 +38,22 @@ ProgressCallback = Callable[[int, int], None]
 CHUNK_SIZE = 1 << 20
 
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class UploadDigest:
+    """A progress callback that also learns the SHA-256 of the bytes an attempt sent.
+
+    ``sha256`` is set when an attempt has streamed the whole body (a retried attempt sets it
+    again); it stays None when the body never went through :class:`ChunkedPayload`.
+    """
+
+    def __init__(self, progress: ProgressCallback | None = None) -> None:
+        self._progress = progress
+        self.sha256: str | None = None
+
+    def __call__(self, sent: int, total: int) -> None:
+        if self._progress is not None:
+            self._progress(sent, total)
 
 
 class ChunkedPayload(Payload):
@@ -52,10 +71,11 @@ class ChunkedPayload(Payload):
     async def write(self, writer: AbstractStreamWriter) -> None:
         sent = 0
         total = self._source.size
+        digest = hashlib.sha256() if isinstance(self._progress, UploadDigest) else None
         reader = await self._source.open()
         try:
             while sent < total:
-                chunk = await reader.read(min(CHUNK_SIZE, total - sent))
+                chunk = await reader.read(min(CHUNK_SIZE, total - sent), digest)
                 if not chunk:
                     break
                 await writer.write(chunk)
@@ -71,6 +91,9 @@ class ChunkedPayload(Payload):
             raise errors.ValidationError(
                 f"{self._source.filename!r} changed size during upload ({sent} of {total} bytes)"
             )
+        if digest is not None:
+            assert isinstance(self._progress, UploadDigest)
+            self._progress.sha256 = digest.hexdigest()
 
 
 class _Reader:
@@ -81,12 +104,23 @@ class _Reader:
         self._owned = owned
         self._in_memory = in_memory
 
-    async def read(self, size: int) -> bytes:
+    async def read(self, size: int, digest: hashlib._Hash | None = None) -> bytes:
         if self._in_memory:
-            return self._handle.read(size)
+            data = self._handle.read(size)
+            if digest is not None:
+                digest.update(data)
+            return data
+
+        def read_and_hash() -> bytes:
+            data = self._handle.read(size)
+            if digest is not None:
+                # In the worker thread: hashlib releases the GIL on large buffers.
+                digest.update(data)
+            return data
+
         problem: OSError | None = None
         try:
-            return await anyio.to_thread.run_sync(self._handle.read, size)
+            return await anyio.to_thread.run_sync(read_and_hash)
         except OSError as exc:
             problem = exc
         raise _file_error(getattr(self._handle, "name", "upload"), problem)

@@ -190,6 +190,11 @@ class ApiHandlers:
         cfg = self.rt.config
         parsed = parse_task(body, cfg.max_targets)
         check_credits(cfg.credits)
+        if cfg.max_active_tasks is not None:
+            active = sum(1 for t in self.rt.store.tasks.values() if not t.done)
+            if active >= cfg.max_active_tasks:
+                retry = None if cfg.retry_after is None else {"Retry-After": f"{cfg.retry_after:g}"}
+                raise ApiError(429, "Too many tasks in progress", retry)
         if parsed.asset_id is not None:
             self._live_asset(parsed.asset_id)
         for target_request in parsed.targets:

@@ -48,6 +48,7 @@ _HELP = {
     "truncate_rate": "fraction of CDN downloads cut after about half the bytes",
     "stale_rate": "fraction of GET /tasks/{id} answered with the creation snapshot",
     "latency": "extra seconds per API request",
+    "max_active_tasks": "POST /tasks answers 429 while N tasks are processing (none = no limit)",
 }
 
 
@@ -72,7 +73,7 @@ def _int_list(text: str) -> list[int]:
 def _converter(field: attrs.Attribute[Any]) -> Callable[[str], Any]:
     if field.name in _OPTIONAL_NUMBERS:
         return _optional_float
-    if field.name == "seed":
+    if field.name in ("seed", "max_active_tasks"):
         return _optional_int
     if field.name in _LISTS:
         return _str_list

@@ -130,6 +130,9 @@ class EmulatorConfig:
     #: Fault: the next N API requests answer 429 regardless of the bucket. Setting it at run
     #: time re-arms the counter.
     rate_limit_burst: int = attrs.field(default=0, validator=_non_negative_int)
+    #: Fault (no concurrency limit is documented): ``POST /tasks`` answers 429 while this many
+    #: tasks have a target still processing; ``None`` = no limit.
+    max_active_tasks: int | None = attrs.field(default=None, validator=_positive_or_none)
 
     # --- API faults ----------------------------------------------------------------------
     #: Fraction of API requests answered with a 5xx status from ``fail_statuses``.

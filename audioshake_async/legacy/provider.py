@@ -130,6 +130,13 @@ class LegacyProvider:
         self._pending: dict[str, Job] = {}
         self._misses: Counter[str] = Counter()
 
+    @property
+    def request_rate(self) -> float | None:
+        """The client's rate limit in requests/s (the batch's budget), None when unlimited."""
+        limiter = self.client.transport.limiter
+        rate = getattr(limiter, "rate", None)
+        return float(rate) if isinstance(rate, int | float) else None
+
     def __repr__(self) -> str:
         return f"LegacyProvider({self.client!r})"
 

@@ -97,6 +97,13 @@ class MusicAIProvider:
         self._pages: dict[tuple[int, int], builtins.list[Job]] = {}
         self._values: dict[str, dict[str, Any]] = {}
 
+    @property
+    def request_rate(self) -> float | None:
+        """The client's rate limit in requests/s (the batch's budget), None when unlimited."""
+        limiter = self.client.transport.limiter
+        rate = getattr(limiter, "rate", None)
+        return float(rate) if isinstance(rate, int | float) else None
+
     def check_targets(self, targets: Sequence[Target]) -> tuple[Target, ...]:
         """Exactly one target: its ``model`` is the workflow slug."""
         checked = validate_targets(targets)

@@ -65,6 +65,13 @@ class AudioShakeProvider:
         # GET /assets lists every asset at once: fetched once per run, only when resuming.
         self._assets: dict[str, str] | None = None
 
+    @property
+    def request_rate(self) -> float | None:
+        """The client's rate limit in requests/s (the batch's budget), None when unlimited."""
+        limiter = self.client.transport.limiter
+        rate = getattr(limiter, "rate", None)
+        return float(rate) if isinstance(rate, int | float) else None
+
     def check_targets(self, targets: Sequence[Target]) -> tuple[Target, ...]:
         """1 to 20 targets, each with a model and distinct formats."""
         return validate_targets(targets)
