@@ -57,11 +57,12 @@ async def test_window_grows_from_littles_law_and_an_explicit_cap_holds(
         with anyio.fail_after(120):
             results, updates = await run(client, inputs, tmp_path / "adaptive")
         with anyio.fail_after(120):
+            # Fewer inputs: 8 at a time of 2-3 s tasks is slow by design, and 24 show the cap.
             capped, capped_updates = await run(
-                client, inputs, tmp_path / "capped", max_in_flight=8, journal=None
+                client, inputs[:24], tmp_path / "capped", max_in_flight=8, journal=None
             )
     assert all(r.status == "done" for r in results) and len(results) == 60
-    assert all(r.status == "done" for r in capped) and len(capped) == 60
+    assert all(r.status == "done" for r in capped) and len(capped) == 24
     first, final = updates[0], updates[-1]
     assert final.final and first.window == MIN_WINDOW
     assert final.peak_window > MIN_WINDOW and final.peak_in_flight > MIN_WINDOW
