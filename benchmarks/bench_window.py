@@ -2,8 +2,8 @@
 
 At the documented 60 requests/s a catalog is bound by ``60 / (API requests per item)`` items/s;
 by Little's law that bound needs ``items/s x time in flight`` tasks in flight. The baseline is
-the engine as it was before the window work (``git archive`` of ``--baseline``, default the
-branch's merge base with ``main``): ``max_in_flight=1000``, 4 uploads, per-task poll backoff.
+the engine as it was before the window work (``git archive`` of ``--baseline``, default
+:data:`BASELINE_REF`): ``max_in_flight=1000``, 4 uploads, per-task poll backoff.
 The contender is this tree with its defaults (window from Little's law, list sweeps on the
 interval the 10% poll share allows, adaptive concurrency). Each pair runs side by side in one
 invocation, each on a fresh emulator process (token bucket at 60/s, the client at 60/s).
@@ -285,6 +285,10 @@ def url_server(wav: pathlib.Path) -> Iterator[str]:
         yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
+
+
+#: The last commit with the fixed window and per-task backoff (before issue 17's work).
+BASELINE_REF = "e29ab84"
 
 
 def baseline_tree(ref: str, root: pathlib.Path) -> pathlib.Path:
@@ -574,13 +578,9 @@ def main() -> None:
         print(json.dumps(_memory(args)))
         return
     if args.baseline is None:
-        args.baseline = subprocess.run(
-            ["git", "merge-base", "HEAD", "main"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        # The engine just before the window work: on main, "merge-base HEAD main" is HEAD
+        # itself (adaptive on both sides), which measured nothing.
+        args.baseline = BASELINE_REF
     argv = [a for a in sys.argv[1:] if a != "--write"]
     if args.latency:
         text = render_latency(measure_latency(args), argv)
