@@ -120,6 +120,32 @@ class ItemRecord:
     updated_at: float | None = None
 
 
+def record_from_row(
+    source: str, targets: str, row: Sequence[Any], outputs: Sequence[Sequence[Any]]
+) -> ItemRecord:
+    """An :class:`ItemRecord` from a row of ``size, mtime_ns, sha256, asset_id,
+    asset_uploaded_at, upload_name, token, task_id, status, error, updated_at`` (every store
+    selects its columns in this order) and rows of ``filename, size, sha256``."""
+    size, mtime_ns, sha256, asset_id, uploaded_at, upload_name, token, task_id = row[:8]
+    status, error, updated_at = row[8:11]
+    return ItemRecord(
+        source,
+        targets,
+        size,
+        mtime_ns,
+        sha256,
+        asset_id,
+        uploaded_at,
+        upload_name,
+        token,
+        task_id,
+        status,
+        error,
+        outputs=tuple(OutputRecord(*o) for o in outputs),
+        updated_at=updated_at,
+    )
+
+
 class Journal(Protocol):
     """What the batch engine needs from a store; every method is synchronous and durable."""
 
@@ -227,35 +253,7 @@ class SqliteJournal:
                 " ORDER BY filename",
                 (source, targets),
             ).fetchall()
-        (
-            size,
-            mtime_ns,
-            sha256,
-            asset_id,
-            uploaded_at,
-            upload_name,
-            token,
-            task_id,
-            status,
-            error,
-            updated_at,
-        ) = row
-        return ItemRecord(
-            source,
-            targets,
-            size,
-            mtime_ns,
-            sha256,
-            asset_id,
-            uploaded_at,
-            upload_name,
-            token,
-            task_id,
-            status,
-            error,
-            outputs=tuple(OutputRecord(*o) for o in outputs),
-            updated_at=updated_at,
-        )
+        return record_from_row(source, targets, row, outputs)
 
     @journal_step
     def claim_dir(self, source: str, stem: str) -> str:

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .. import errors
-from .journal import ItemRecord, OutputRecord
+from .journal import ItemRecord, OutputRecord, record_from_row
 from .journal_pg_schema import (
     FENCE,
     ITEM_COLUMNS,
@@ -339,26 +339,11 @@ class PostgresJournal:
                 " AND source = %s AND targets = %s ORDER BY filename",
                 (self.batch, source, targets),
             ).fetchall()
-        size, mtime_ns, sha256, asset_id, uploaded_at, upload_name, token, task_id = row[:8]
-        record = ItemRecord(
-            source,
-            targets,
-            size,
-            mtime_ns,
-            sha256,
-            asset_id,
-            uploaded_at,
-            upload_name,
-            token,
-            task_id,
-            row[8],
-            row[9],
-            outputs=tuple(OutputRecord(*o) for o in outputs),
-            updated_at=row[10],
-        )
-        if record.status == "pending" and record.updated_at is not None and record.size is None:
+        record = record_from_row(source, targets, row, outputs)
+        untouched = record.size is None and record.token is None and record.asset_id is None
+        if record.status == "pending" and untouched:
             # Registered by submit, never started: nothing to resume.
-            return None if record.token is None and record.asset_id is None else record
+            return None
         return record
 
     def claim_dir(self, source: str, stem: str) -> str:
