@@ -390,3 +390,14 @@ async def test_audit_lists_tasks_sharing_a_client_token(
         stdout, _ = await found.communicate()
         assert found.returncode == 1
         assert b"token t-dup: 2 tasks" in stdout
+
+
+def test_a_refused_connection_names_neither_the_password_nor_keeps_the_driver_error() -> None:
+    for dsn in (
+        "postgresql://u:s3cret-pw@127.0.0.1:1/db",
+        "postgresql://u:s3cret-pw@127.0.0.1:1/db?x=1 y",
+    ):
+        with pytest.raises(errors.JournalError) as caught:
+            PostgresJournal(dsn, "b")
+        assert "s3cret-pw" not in repr(caught.value)
+        assert caught.value.__context__ is None and caught.value.__cause__ is None

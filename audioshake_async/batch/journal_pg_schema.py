@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import urllib.parse
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -145,18 +147,22 @@ def connect(dsn: str) -> psycopg.Connection[Any]:
         ) from None
     try:
         return psycopg.connect(dsn, autocommit=True, connect_timeout=15)
-    except psycopg.OperationalError as exc:
-        # The message may quote the DSN's password: only the class and server part are kept.
-        raise errors.JournalError(
-            f"cannot connect to the PostgreSQL journal: {first_line(exc)}"
-        ) from None
+    except psycopg.Error as exc:
+        message = first_line(exc)
+    # Raised outside the except clause: the driver's error (which may quote a malformed DSN)
+    # is not kept as __context__. The password is cut from what the message quotes.
+    with contextlib.suppress(ValueError):
+        password = urllib.parse.urlsplit(dsn).password
+        if password:
+            message = message.replace(password, "***")
+    raise errors.JournalError(f"cannot connect to the PostgreSQL journal: {message}")
 
 
 def first_line(exc: BaseException) -> str:
-    """The first line of a driver error, with nothing that looks like a password."""
+    """The first line of a driver error (the server's own errors never quote a password)."""
     text = str(exc).strip().splitlines()
     line = text[0] if text else type(exc).__name__
-    return line.replace("password", "p******d")
+    return line
 
 
 @attrs.frozen

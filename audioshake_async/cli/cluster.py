@@ -85,14 +85,6 @@ def _service_namespace(args: argparse.Namespace, settings: dict[str, Any]) -> ar
     )
 
 
-@contextlib.contextmanager
-def _closing(journal: PostgresJournal) -> Any:
-    try:
-        yield journal
-    finally:
-        journal.close()
-
-
 def _s3_of(settings: dict[str, Any]) -> S3Settings | None:
     """The batch's stored S3 settings (endpoint, URL lifetime), as every worker uses them."""
     stored = settings.get("s3")
@@ -132,7 +124,7 @@ async def _submit(args: argparse.Namespace, targets: list[Target], err: TextIO) 
         settings["s3"] = s3
     s3_settings = _s3_of(settings)
     journal = await anyio.to_thread.run_sync(_open_journal, args)
-    with _closing(journal):
+    with contextlib.closing(journal):
         async with open_provider(_service_namespace(args, settings), targets) as opened:
             inputs = expand_inputs(
                 args.inputs, exclude=exclude, extensions=opened.provider.input_extensions
@@ -299,7 +291,7 @@ async def _worker(
     journal = await anyio.to_thread.run_sync(
         lambda: _open_journal(args, lease=args.lease, create_window=window)
     )
-    with _closing(journal):
+    with contextlib.closing(journal):
         async with _terminate_cancels() as stopped:
             try:
                 return await _work(args, journal, out, err, logs)
@@ -313,7 +305,7 @@ async def _worker(
 
 async def _status(args: argparse.Namespace, out: TextIO) -> int:
     journal = await anyio.to_thread.run_sync(_open_journal, args)
-    with _closing(journal):
+    with contextlib.closing(journal):
         report = await anyio.to_thread.run_sync(journal.status)
     if args.json:
         print(json.dumps(report.to_json(), indent=2), file=out)
@@ -334,7 +326,7 @@ async def _status(args: argparse.Namespace, out: TextIO) -> int:
 async def _audit(args: argparse.Namespace, out: TextIO) -> int:
     """Tasks of the account sharing a token, and journal items that recorded two tasks."""
     journal = await anyio.to_thread.run_sync(_open_journal, args)
-    with _closing(journal):
+    with contextlib.closing(journal):
         in_journal = await anyio.to_thread.run_sync(journal.shared_tokens)
     namespace = argparse.Namespace(
         api_key=args.api_key, base_url=args.base_url, emulator=False, rate_limit=args.rate_limit
