@@ -31,17 +31,15 @@ import attrs
 
 from .. import errors
 from .http import RetryPolicy, is_retryable_status, parse_retry_after, redact_url
-from .sink import DiskWriter, OutputWriter, StoredOutput
+from .sink import DISK_BATCH, DiskWriter, OutputWriter, StoredOutput
 from .transport import Transport
 
 __all__ = ["DownloadLimits", "DownloadedFile", "fetch_to", "fetch_to_file"]
 
 logger = logging.getLogger("audioshake_async")
 
-#: Writes are batched to this size so one thread hop covers many network chunks; one batch is
-#: written while the next one fills, so a download holds about two batches in memory. 4 MiB
-#: rather than 1 MiB: fewer hops, ~90% instead of ~85% of bare aiohttp's loopback throughput.
-WRITE_BATCH = 4 << 20
+#: The batch of a disk download (a writer sets its own: ``OutputWriter.batch_size``).
+WRITE_BATCH = DISK_BATCH
 MAX_REDIRECTS = 5
 MAX_LINK_REFRESHES = 3
 
@@ -305,8 +303,9 @@ async def _attempt(
             # the socket for a thread round trip per batch (~35% of loopback throughput).
             batch = _Batch()
             writer = _Writer(part, total, progress)
+            batch_size = part.writer.batch_size
             try:
-                async for chunk in response.iter_chunks(WRITE_BATCH):
+                async for chunk in response.iter_chunks(batch_size):
                     guard.feed(len(chunk))
                     batch.add(chunk)
                     received = part.written + batch.size + writer.in_flight
@@ -317,7 +316,7 @@ async def _attempt(
                         raise _TooLarge(
                             f"{redact_url(url)} sent more than the {limits.max_bytes}-byte limit"
                         )
-                    if batch.size >= WRITE_BATCH:
+                    if batch.size >= batch_size:
                         await writer.submit(batch)
             finally:
                 # Keep what arrived, even on failure: a resume continues right after it. No

@@ -26,6 +26,11 @@ from .parts import open_part, part_path_for, sweep_once
 
 __all__ = ["DiskSink", "DiskWriter", "OutputSink", "OutputWriter", "StoredOutput"]
 
+#: A disk write carries this many bytes of network chunks: one thread hop covers many chunks;
+#: 4 MiB rather than 1 MiB: fewer hops, ~90% instead of ~85% of bare aiohttp's loopback
+#: throughput. A download holds about two batches (one written while the next one fills).
+DISK_BATCH = 4 << 20
+
 
 @attrs.frozen
 class StoredOutput:
@@ -43,6 +48,11 @@ class OutputWriter(Protocol):
     @property
     def location(self) -> str:
         """The final name (a path or a URI), for messages and results."""
+
+    @property
+    def batch_size(self) -> int:
+        """How many bytes of network chunks one :meth:`write` should carry (the download
+        batches to this; a writer that holds more downstream asks for smaller batches)."""
 
     async def write(self, chunks: Sequence[bytes]) -> None:
         """Append ``chunks`` (a batch of network chunks) after what was written so far."""
@@ -112,6 +122,11 @@ class DiskWriter:
     def location(self) -> str:
         """The final path."""
         return str(self.destination)
+
+    @property
+    def batch_size(self) -> int:
+        """:data:`DISK_BATCH`."""
+        return DISK_BATCH
 
     def _write(self, chunks: Sequence[bytes]) -> None:
         # The network chunks are written as they are: joining them first would copy every byte.

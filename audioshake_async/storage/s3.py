@@ -47,6 +47,11 @@ logger = logging.getLogger("audioshake_async.storage")
 
 SCHEME = "s3://"
 MiB = 1 << 20
+#: Bytes of network chunks per write. A transfer holds two batches besides its parts, and the
+#: allocator's slack grows with them: 1 GiB CDN -> S3 peaked at ~95 MiB RSS with 4 MiB
+#: batches, ~77 MiB with 2 MiB, for ~0.3 s more CPU per GiB (one hash hop and hand-over per
+#: batch). benchmarks/bench_s3.py measures both.
+WRITE_BATCH = 2 * MiB
 #: Presigned input URLs live this long by default: the service fetches a task's source when it
 #: starts processing it, which may be hours after ``POST /tasks`` when the account has a
 #: backlog. SigV4 allows at most 7 days (and no longer than temporary credentials last).
@@ -128,8 +133,8 @@ class S3Settings:
     #: Seconds a presigned input URL stays valid (see :data:`DEFAULT_URL_LIFETIME`).
     url_lifetime: float = DEFAULT_URL_LIFETIME
     #: Multipart part size: the memory one transfer holds is about (parts in flight + 1) parts
-    #: plus two read batches (~25 MiB by default). 5 MiB (the S3 minimum) allows outputs of up
-    #: to ~48 GiB (10,000 parts); raise it for larger ones.
+    #: plus two read batches of :data:`WRITE_BATCH` (~20 MiB by default). 5 MiB (the S3
+    #: minimum) allows outputs of up to ~48 GiB (10,000 parts); raise it for larger ones.
     part_size: int = 5 * MiB
     parts_in_flight: int = 2
 
@@ -285,6 +290,11 @@ class S3Writer:
     def location(self) -> str:
         """The ``s3://`` URI of the final object."""
         return str(self._uri)
+
+    @property
+    def batch_size(self) -> int:
+        """:data:`WRITE_BATCH`: smaller than a disk write's, as the parts hold memory too."""
+        return WRITE_BATCH
 
     def _attributes(self) -> dict[str, str]:
         kind = mimetypes.guess_type(self._uri.key)[0]
