@@ -151,7 +151,7 @@ class PostgresJournal:
         interval: float,
         max_interval: float = 30.0,
         rate: float = 60.0,
-        poll_share: float = 0.1,
+        poll_share: float = 0.05,
     ) -> SharedListing:
         """The batch's shared listing (one leader pages the API for every worker, within
         ``poll_share`` of the account's ``rate``)."""

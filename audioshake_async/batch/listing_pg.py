@@ -63,7 +63,7 @@ class SharedListing:
         interval: float = 2.0,
         max_interval: float = 30.0,
         rate: float = 60.0,
-        poll_share: float = 0.1,
+        poll_share: float = 0.05,
     ) -> None:
         """``interval``/``max_interval``: the shortest and longest pause between sweeps;
         ``rate``: the account's requests/s, of which the pages spend ``poll_share``."""
