@@ -451,7 +451,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             f"memory at {memory['tasks']} in flight: {memory['traced_kib_per_task']:.2f} KiB/task "
             f"traced, {memory['rss_kib_per_task']:.2f} KiB/task RSS"
         )
-    return {"info": info, "runs": runs, "memory": memory, "end_load": loadavg()}
+    return {
+        "info": info,
+        "runs": runs,
+        "memory": memory,
+        "end_load": loadavg(),
+        "baseline": args.baseline,
+    }
 
 
 def measure_latency(args: argparse.Namespace) -> dict[str, Any]:
@@ -514,8 +520,8 @@ def render(data: dict[str, Any], argv: list[str]) -> str:
         "and client limiter at 60 requests/s; one target per task; each pair (baseline and "
         "adaptive) ran side by side, each on its own emulator process. Bound = 60 / (API "
         "requests an item costs to start: uploads, creates, lookups, as measured in that run; "
-        "the requests/item column adds the polls). Baseline: the engine "
-        "before this change (`git archive` of the merge base): `max_in_flight=1000`, 4 "
+        "the requests/item column adds the polls). Baseline: the engine before the window "
+        f"work (`git archive {data.get('baseline', BASELINE_REF)}`): `max_in_flight=1000`, 4 "
         "uploads, per-task poll backoff.",
         "",
         "| tasks | inputs | engine | measured | items/s | bound | of bound | run: s (done/s) "
