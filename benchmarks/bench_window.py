@@ -419,13 +419,20 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 if args.long_seconds and plan["deadline"] and not args.quick:
                     plan["deadline"] = args.long_seconds
                 for kind in ("files", "urls"):
+                    if args.case and f"{kind}:{plan['tasks']}" not in args.case:
+                        continue
                     count = plan[kind]
                     if kind == "files":
                         listing = make_catalog(root / f"files-{count}", count)
                     else:
                         listing = url_listing(root, base, count)
                     # The pair side by side: the same load on the machine for both.
-                    contenders = {"fixed 1000 (before)": baseline, "adaptive": ROOT}
+                    before = (
+                        "fixed 1000 (before)"
+                        if args.baseline == BASELINE_REF
+                        else f"baseline {args.baseline}"
+                    )
+                    contenders = {before: baseline, "adaptive": ROOT}
                     with concurrent.futures.ThreadPoolExecutor(2) as pool:
                         futures = {
                             name: pool.submit(
@@ -445,6 +452,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                                 tasks=plan["tasks"], inputs=kind, engine=name, count=count
                             )
                             runs.append(record)
+        if args.case:  # a chosen pair only: no memory figure
+            return {"info": info, "runs": runs, "memory": None, "end_load": loadavg()}
         memory = run_child([__file__, "_memory", "--tasks", str(args.memory_tasks)], timeout=1800)
         memory.pop("stderr", None)
         progress(
@@ -576,6 +585,12 @@ def main() -> None:
     parser.add_argument("--tmp", default=None)
     parser.add_argument("--latency", action="store_true", help="only the added-latency runs")
     parser.add_argument("--raw", default=None, help="also save the raw figures (JSON) here")
+    parser.add_argument(
+        "--case",
+        action="append",
+        default=[],
+        help="only this pair, e.g. 'urls:30-60 s' (repeatable; prints, never writes RESULTS.md)",
+    )
     args = parser.parse_args()
     if args.command == "_lib":
         print(json.dumps(asyncio.run(_lib(args))))
@@ -593,6 +608,10 @@ def main() -> None:
         section = "window-latency"
     else:
         data = measure(args)
+        if args.case:
+            for run in data["runs"]:
+                print(json.dumps({k: v for k, v in run.items() if not isinstance(v, list)}))
+            return
         if args.raw:
             pathlib.Path(args.raw).write_text(json.dumps(data, indent=1))
         text = render(data, argv)
