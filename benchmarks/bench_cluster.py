@@ -113,6 +113,8 @@ def run_once(
     requests = _api_requests(after) - _api_requests(before)
     rejected = after["faults"]["rate_limited"] - before["faults"]["rate_limited"]
     round_trips = sum(s["journal_round_trips"] + s["rate_budget_round_trips"] for s in summaries)
+    flows = [s.get("flow") or {} for s in summaries]
+    done = sorted(int(s["done"]) for s in summaries)
     return {
         "workers": workers,
         "mode": mode,
@@ -126,6 +128,11 @@ def run_once(
         "r429": rejected,
         "pg_per_item": round_trips / max(1, items),
         "tasks_created": after["tasks_created"] - before["tasks_created"],
+        # How the workers divided the work and the budget among them.
+        "done_min": done[0],
+        "done_max": done[-1],
+        "peak_windows": sorted(int(f.get("peak_window", 0)) for f in flows),
+        "planned_rates": sorted(float(f.get("rate_per_s", 0.0)) for f in flows),
     }
 
 
@@ -167,15 +174,18 @@ def render(rows: list[dict[str, Any]], info: dict[str, str], argv: list[str], en
         "",
         "| workers | limiter | wall s | items/s | API requests/s, whole run | steady "
         "requests/s (share of 60) | busiest second | 429s | API requests per item "
-        "| PostgreSQL round trips per item | tasks created |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| PostgreSQL round trips per item | tasks created | items per worker (min-max) "
+        "| rate each planned on, at the end (req/s) | peak window per worker (max) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['workers']} | {r['mode']} | {r['wall']:.1f} | {r['items_per_s']:.2f} "
             f"| {r['requests_per_s']:.1f} | {r['steady_per_s']:.1f} "
             f"({r['steady_per_s'] / RATE:.0%}) | {r['busiest_s']:.0f} | {r['r429']} "
-            f"| {r['requests_per_item']:.2f} | {r['pg_per_item']:.1f} | {r['tasks_created']} |"
+            f"| {r['requests_per_item']:.2f} | {r['pg_per_item']:.1f} | {r['tasks_created']} "
+            f"| {r['done_min']}-{r['done_max']} | {_span(r['planned_rates'])} "
+            f"| {max(r['peak_windows'], default=0)} |"
         )
     verdict = {True: "met", False: "MISSED"}
     lines += [
@@ -191,10 +201,21 @@ def render(rows: list[dict[str, Any]], info: dict[str, str], argv: list[str], en
         "worker is bounded by its own pipeline, not by the budget. "
         "With `local` limiters, N workers offer N x 60/s: the emulator answers the excess with "
         "429s, which the client then waits out (Retry-After). PostgreSQL round trips per item "
-        "count the journal (claim, writes, heartbeats) and the rate budget's reservations.",
+        "count the journal (claim, writes, heartbeats) and the rate budget's reservations. "
+        "With the shared budget each worker plans its window and polling on its share "
+        "(60 / workers alive, from the limiter's membership beats): the rate it planned on at "
+        "the end of its run is shown (a worker finishing while others still run counts them); "
+        "with `local` limiters each plans on the whole 60.",
         "",
     ]
     return "\n".join(lines)
+
+
+def _span(values: list[float]) -> str:
+    if not values:
+        return "-"
+    low, high = min(values), max(values)
+    return f"{low:g}" if low == high else f"{low:g}-{high:g}"
 
 
 def argv_delay(argv: list[str]) -> str:

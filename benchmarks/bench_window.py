@@ -419,13 +419,20 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 if args.long_seconds and plan["deadline"] and not args.quick:
                     plan["deadline"] = args.long_seconds
                 for kind in ("files", "urls"):
+                    if args.case and f"{kind}:{plan['tasks']}" not in args.case:
+                        continue
                     count = plan[kind]
                     if kind == "files":
                         listing = make_catalog(root / f"files-{count}", count)
                     else:
                         listing = url_listing(root, base, count)
                     # The pair side by side: the same load on the machine for both.
-                    contenders = {"fixed 1000 (before)": baseline, "adaptive": ROOT}
+                    before = (
+                        "fixed 1000 (before)"
+                        if args.baseline == BASELINE_REF
+                        else f"baseline {args.baseline}"
+                    )
+                    contenders = {before: baseline, "adaptive": ROOT}
                     with concurrent.futures.ThreadPoolExecutor(2) as pool:
                         futures = {
                             name: pool.submit(
@@ -445,13 +452,21 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                                 tasks=plan["tasks"], inputs=kind, engine=name, count=count
                             )
                             runs.append(record)
+        if args.case:  # a chosen pair only: no memory figure
+            return {"info": info, "runs": runs, "memory": None, "end_load": loadavg()}
         memory = run_child([__file__, "_memory", "--tasks", str(args.memory_tasks)], timeout=1800)
         memory.pop("stderr", None)
         progress(
             f"memory at {memory['tasks']} in flight: {memory['traced_kib_per_task']:.2f} KiB/task "
             f"traced, {memory['rss_kib_per_task']:.2f} KiB/task RSS"
         )
-    return {"info": info, "runs": runs, "memory": memory, "end_load": loadavg()}
+    return {
+        "info": info,
+        "runs": runs,
+        "memory": memory,
+        "end_load": loadavg(),
+        "baseline": args.baseline,
+    }
 
 
 def measure_latency(args: argparse.Namespace) -> dict[str, Any]:
@@ -514,8 +529,8 @@ def render(data: dict[str, Any], argv: list[str]) -> str:
         "and client limiter at 60 requests/s; one target per task; each pair (baseline and "
         "adaptive) ran side by side, each on its own emulator process. Bound = 60 / (API "
         "requests an item costs to start: uploads, creates, lookups, as measured in that run; "
-        "the requests/item column adds the polls). Baseline: the engine "
-        "before this change (`git archive` of the merge base): `max_in_flight=1000`, 4 "
+        "the requests/item column adds the polls). Baseline: the engine before the window "
+        f"work (`git archive {data.get('baseline', BASELINE_REF)}`): `max_in_flight=1000`, 4 "
         "uploads, per-task poll backoff.",
         "",
         "| tasks | inputs | engine | measured | items/s | bound | of bound | run: s (done/s) "
@@ -570,6 +585,12 @@ def main() -> None:
     parser.add_argument("--tmp", default=None)
     parser.add_argument("--latency", action="store_true", help="only the added-latency runs")
     parser.add_argument("--raw", default=None, help="also save the raw figures (JSON) here")
+    parser.add_argument(
+        "--case",
+        action="append",
+        default=[],
+        help="only this pair, e.g. 'urls:30-60 s' (repeatable; prints, never writes RESULTS.md)",
+    )
     args = parser.parse_args()
     if args.command == "_lib":
         print(json.dumps(asyncio.run(_lib(args))))
@@ -587,6 +608,10 @@ def main() -> None:
         section = "window-latency"
     else:
         data = measure(args)
+        if args.case:
+            for run in data["runs"]:
+                print(json.dumps({k: v for k, v in run.items() if not isinstance(v, list)}))
+            return
         if args.raw:
             pathlib.Path(args.raw).write_text(json.dumps(data, indent=1))
         text = render(data, argv)

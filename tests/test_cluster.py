@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import psycopg
 import pytest
@@ -202,9 +203,11 @@ async def test_workers_killed_and_frozen_still_process_every_input_exactly_once(
             outputs[w.pid][1].decode()[-3000:] for w in others
         ]
         for worker in others:
-            # The same budget figures as `run --json`: the adaptive window of this worker.
+            # The same budget figures as `run --json`: the adaptive window of this worker,
+            # planned on its share of the one budget (60/s over the workers alive at the end).
             flow = json.loads(outputs[worker.pid][0])["flow"]
-            assert flow["rate_per_s"] == 60.0 and flow["peak_window"] >= 1, flow
+            assert 1 <= flow["workers"] <= 5 and flow["peak_window"] >= 1, flow
+            assert flow["rate_per_s"] * flow["workers"] == pytest.approx(60.0), flow
         stats = emulator.stats()
         assert stats["faults"]["drop_after_create"] > 0
         # One budget for every worker: the emulator's 60 requests/s were never exceeded.
@@ -280,6 +283,33 @@ async def submit_inputs(
     )
     _, stderr = await process.communicate()
     assert process.returncode == 0, stderr.decode()
+
+
+async def test_the_listing_leader_sweeps_at_the_poll_share_of_the_account(pg_dsn: str) -> None:
+    """The leader's pages cost the account's budget: after a sweep of p pages it waits
+    p / (rate x share), the small share while items still wait for a task, the large after."""
+    owner = journal(pg_dsn)
+    owner.add_inputs(["/in/a.wav", "/in/b.wav"], TARGETS)
+    provider: Any = None  # no task is in flight: a sweep reads only the database
+    listing = owner.shared_listing(
+        provider, interval=1.0, max_interval=30.0, rate=60.0, poll_share=0.1
+    )
+    await listing.sweep()
+    assert listing.creating and listing.pages == 0
+    assert listing.pause() == 1.0  # nothing paged: the shortest pause
+    listing.pages = 40  # 40 pages at 10% of 60/s: one sweep every 6.7 s
+    assert listing.pause() == pytest.approx(40 / 6)
+    listing.pages = 400
+    assert listing.pause() == 30.0  # never longer than the poll policy's longest interval
+    for source in ("/in/a.wav", "/in/b.wav"):
+        owner.claim(1)
+        owner.finish(source, TARGETS, "done", None)
+    await listing.sweep()
+    assert not listing.creating  # every item has its task: 90% of the budget may poll
+    listing.pages = 40
+    assert listing.pause() == pytest.approx(max(1.0, 40 / 54))
+    listing.close()
+    owner.close()
 
 
 async def test_one_listing_reader_serves_every_worker(

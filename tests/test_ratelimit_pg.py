@@ -204,7 +204,40 @@ async def test_a_limiter_reserves_only_whole_blocks_for_its_waiters(pg_dsn: str)
     async with limiter:
         await asyncio.gather(*(limiter.acquire() for _ in range(12)))
         assert limiter.slots_granted == 12 and limiter.slots_wasted == 0
-        assert limiter.round_trips == 2 + 3  # setup on connect, then 3 blocks of 4
+        # Setup on connect (two tables, the row), the first membership beat, 3 blocks of 4.
+        assert limiter.round_trips == 3 + 1 + 3
+
+
+async def test_members_tell_each_limiter_its_share_as_workers_come_and_go(pg_dsn: str) -> None:
+    first = PostgresRateLimiter(pg_dsn, rate=60, account="m")
+    second = PostgresRateLimiter(pg_dsn, rate=60, account="m")
+    third = PostgresRateLimiter(pg_dsn, rate=60, account="m")
+    other = PostgresRateLimiter(pg_dsn, rate=60, account="another account")
+    async with first, other:
+        assert (first.members, first.share) == (1, 1.0)
+        async with second, third:
+            assert (second.members, third.members) == (2, 3)  # each counts on its first beat
+            await first._beat_once()
+            assert first.members == 3 and first.share == pytest.approx(1 / 3)
+            assert other.members == 1  # another account's budget is its own
+        await first._beat_once()  # the two left on close: not three missed beats later
+        assert first.members == 1
+        third = PostgresRateLimiter(pg_dsn, rate=60, account="m")
+        await third.open()  # then dies without closing: gone after three missed beats
+        await first._beat_once()
+        assert first.members == 2
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(
+                "UPDATE audioshake_rate_members SET seen_at = seen_at - interval '16 seconds'"
+                " WHERE member = %s",
+                (third.member,),
+            )
+        await first._beat_once()
+        assert first.members == 1
+        await third.aclose()
+    with psycopg.connect(pg_dsn) as conn:
+        rows = conn.execute("SELECT account, member FROM audioshake_rate_members").fetchall()
+    assert rows == []  # every member left its row behind it
 
 
 async def test_no_key_in_the_row_the_repr_or_the_logs(

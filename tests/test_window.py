@@ -7,8 +7,9 @@ import math
 import anyio
 import pytest
 
-from audioshake_async.batch.flow import Gate
+from audioshake_async.batch.flow import Flow, Gate
 from audioshake_async.batch.items import stem_of
+from audioshake_async.batch.options import BatchOptions
 from audioshake_async.batch.window import (
     HARD_CEILING,
     ConcurrencyController,
@@ -165,6 +166,27 @@ def test_fixed_concurrency_never_moves() -> None:
     fixed = ConcurrencyController(4, 4, fixed=True)
     drive(fixed, {-1: 0.1}, rounds=5)
     assert fixed.congested() == 4 and fixed.limit == 4
+
+
+def test_a_shared_budget_plans_the_window_and_polls_on_this_process_share() -> None:
+    # Four workers on one account's 60/s: each plans on 15/s, so the window, the poll budget
+    # and the figures follow the share as workers join and leave (no clock, no I/O).
+    share = [1.0]
+    flow = Flow(BatchOptions(), 60.0, share=lambda: share[0], clock=lambda: 100.0)
+    for _ in range(50):
+        flow.task_done(120.0)
+    alone = flow.current_window()
+    share[0] = 0.25
+    shared = flow.current_window()
+    assert flow.planned_rate == 15.0 and flow.polls.rate == 15.0
+    assert shared < alone / 3
+    update = flow.update(final=True)
+    assert update is not None and update.rate == 15.0 and update.workers == 4
+    assert update.to_json()["workers"] == 4
+    share[0] = 0.5  # two left: the others grow back
+    assert flow.current_window() > shared
+    share[0] = float("nan")  # a broken source of shares: plan on the whole budget
+    assert flow.current_window() == alone
 
 
 # --------------------------------------------------------------------------- gate

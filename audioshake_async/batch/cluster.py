@@ -26,6 +26,7 @@ from ..models import Target
 from ..storage.s3 import S3Object, S3Settings, S3Stores, is_s3_uri
 from .engine import _iterate, run_batch
 from .events import BatchResult, ProgressHook
+from .flow import DEFAULT_RATE
 from .items import is_url
 from .journal import journal_key
 from .journal_pg import PostgresJournal
@@ -146,9 +147,15 @@ async def work(
     poll = settings.poll or provider.poll
     listing = None
     if shared_listing and provider.supports_listing:
+        # The leader pages for every worker: its pages spend the account's poll share.
+        rate = settings.request_rate or getattr(provider, "request_rate", None) or DEFAULT_RATE
         listing = await anyio.to_thread.run_sync(
             lambda: journal.shared_listing(
-                provider, interval=min(10.0, max(0.2, poll.initial_interval))
+                provider,
+                interval=min(10.0, max(0.2, poll.initial_interval)),
+                max_interval=poll.max_interval,
+                rate=rate,
+                poll_share=settings.poll_share,
             )
         )
         settings = attrs.evolve(settings, listing=listing, find_interrupted_uploads=False)

@@ -169,7 +169,9 @@ class FlowUpdate:
     ``window`` is the tasks allowed in flight now (``peak_window`` the largest so far),
     ``in_flight`` the items admitted and not finished; ``processing_time`` the mean seconds a
     task spent in flight (None before the first finished); ``*_requests`` the API calls the
-    engine made for each purpose and ``*_share`` their share of ``rate x elapsed``.
+    engine made for each purpose and ``*_share`` their share of ``rate x elapsed``. ``rate`` is
+    the requests/s this run plans on: the whole budget, or its share when ``workers``
+    processes share one (``PostgresRateLimiter``).
     """
 
     elapsed: float
@@ -185,6 +187,7 @@ class FlowUpdate:
     create_requests: int
     poll_requests: int
     limit_signals: int
+    workers: int = 1
     final: bool = False
     at: float = _stamp()
 
@@ -211,6 +214,7 @@ class FlowUpdate:
             "poll_share": round(self.share(self.poll_requests), 4),
             "poll_requests": self.poll_requests,
             "limit_signals": self.limit_signals,
+            "workers": self.workers,
         }
 
 

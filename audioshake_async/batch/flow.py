@@ -93,12 +93,17 @@ class Flow:
         rate: float | None,
         *,
         sweep_bounds: tuple[float, float] = (1.0, 30.0),
+        share: Callable[[], float] = lambda: 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``sweep_bounds``: the shortest and longest gap between list sweeps (the poll
-        policy's first and longest interval)."""
+        policy's first and longest interval). ``share``: the fraction of ``rate`` this run may
+        plan on now (a budget shared by several processes: 1 / members); read again as the
+        window is recomputed, so workers joining or leaving resize it."""
         self.rate = float(rate or DEFAULT_RATE)
         self.clock = clock
+        self._share = share
+        self.share = 1.0
         self.started = clock()
         self.estimator = WindowEstimator(
             self.rate,
@@ -152,8 +157,26 @@ class Flow:
 
     # ------------------------------------------------------------------ window
 
+    @property
+    def planned_rate(self) -> float:
+        """Requests/s this run plans on: its share of the budget."""
+        return self.rate * self.share
+
+    def refresh_share(self) -> None:
+        """Read the share again; the window and the poll budget plan on ``rate x share``."""
+        try:
+            share = float(self._share())
+        except Exception:  # a broken share source must not stop the batch: plan on it all
+            share = 1.0
+        if not 0 < share <= 1:
+            share = 1.0
+        if share != self.share:
+            self.share = share
+            self.estimator.rate = self.polls.rate = self.planned_rate
+
     def current_window(self) -> int:
         """The window now (Little's law, capped); remembers its peak."""
+        self.refresh_share()
         self.estimator.observe_cost(self.upload_requests + self.create_requests, self.created)
         size = self.estimator.window(self.oldest_age())
         self.peak_window = max(self.peak_window, size)
@@ -214,6 +237,7 @@ class Flow:
     def charge_polls(self, requests: int) -> None:
         """Refresh requests just sent (pages, single reads)."""
         self.poll_requests += requests
+        self.refresh_share()
         self.polls.charge(requests, self.now(), creating=self.creating)
 
     def creates_ended(self) -> None:
@@ -231,7 +255,8 @@ class Flow:
         self._last_update = now
         return FlowUpdate(
             elapsed=now - self.started,
-            rate=self.rate,
+            rate=self.planned_rate,
+            workers=max(1, round(1 / self.share)),
             window=self.window_gate.limit,
             peak_window=self.peak_window,
             in_flight=self.window_gate.held,

@@ -144,9 +144,26 @@ class PostgresJournal:
             f"{source}: lease lost (taken over or expired); this worker stops its work on it"
         )
 
-    def shared_listing(self, provider: BatchProvider, *, interval: float) -> SharedListing:
-        """The batch's shared listing (one leader pages the API for every worker)."""
-        return SharedListing(self._dsn, self.batch, provider, interval=interval)
+    def shared_listing(
+        self,
+        provider: BatchProvider,
+        *,
+        interval: float,
+        max_interval: float = 30.0,
+        rate: float = 60.0,
+        poll_share: float = 0.05,
+    ) -> SharedListing:
+        """The batch's shared listing (one leader pages the API for every worker, within
+        ``poll_share`` of the account's ``rate``)."""
+        return SharedListing(
+            self._dsn,
+            self.batch,
+            provider,
+            interval=interval,
+            max_interval=max_interval,
+            rate=rate,
+            poll_share=poll_share,
+        )
 
     # ------------------------------------------------------------------ schema
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import attrs
 
 from .. import errors
-from ..core.ratelimit_pg import RATE_BUDGET_DDL
+from ..core.ratelimit_pg import RATE_BUDGET_DDL, RATE_MEMBERS_DDL
 
 if TYPE_CHECKING:
     import psycopg
@@ -113,6 +113,8 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 3: the shared rate budget (one GCRA row per account, see core.ratelimit_pg).
     RATE_BUDGET_DDL,
+    # 4: who shares each rate budget (batch windows plan on their share of it).
+    RATE_MEMBERS_DDL,
 )
 
 #: The advisory lock key that serializes migrations (any constant shared by all versions).

@@ -8,6 +8,11 @@ database; every worker's watcher reads its list pages from there, and a token se
 ambiguous create, or for a dead worker's intent) looks in the recorded tasks before paging the
 API. A task not yet recorded is still read by ``GET /tasks/{id}``: never wrong, at worst late.
 
+The leader's pages cost the account's budget, so they follow the same poll share as one run's
+sweeps (:class:`~.window.PollBudget`): a sweep of ``p`` pages is followed by a pause of
+``p / (rate x share)`` seconds, between ``interval`` and ``max_interval``; the share is small
+while items of the batch still wait to be created, large once all are.
+
 Recorded snapshots hold the download links the API returned (short-lived, signed): the
 database holding the journal must be trusted like the output directory.
 """
@@ -29,6 +34,7 @@ from ..models import Task
 from .journal_pg_schema import connect, first_line
 from .reconcile import token_of
 from .seam import BatchProvider
+from .window import PollBudget
 
 if TYPE_CHECKING:
     import psycopg
@@ -49,11 +55,28 @@ class SharedListing:
     """
 
     def __init__(
-        self, dsn: str, batch: str, provider: BatchProvider, *, interval: float = 2.0
+        self,
+        dsn: str,
+        batch: str,
+        provider: BatchProvider,
+        *,
+        interval: float = 2.0,
+        max_interval: float = 30.0,
+        rate: float = 60.0,
+        poll_share: float = 0.05,
     ) -> None:
+        """``interval``/``max_interval``: the shortest and longest pause between sweeps;
+        ``rate``: the account's requests/s, of which the pages spend ``poll_share``."""
         self.batch = batch
         self.provider = provider
         self.interval = interval
+        self.polls = PollBudget(
+            rate, share=poll_share, min_interval=interval, max_interval=max(interval, max_interval)
+        )
+        #: Whether items of the batch still wait for their task (as of the last sweep).
+        self.creating = True
+        #: Pages read by the last sweep.
+        self.pages = 0
         #: Seconds after which a recorded snapshot is too old to stand for a read.
         self.stale_after = max(30.0, 10 * interval)
         self._dsn = dsn
@@ -120,14 +143,15 @@ class SharedListing:
         self.round_trips += 1
         return bool(row and row[0])
 
-    def _open_tasks(self) -> tuple[int, int]:
+    def _open_tasks(self) -> tuple[int, int, int]:
         rows = self._query(
             "SELECT count(*) FILTER (WHERE status = 'created'),"
-            " count(*) FILTER (WHERE status = 'creating') FROM audioshake_items"
-            " WHERE batch = %s",
+            " count(*) FILTER (WHERE status = 'creating'),"
+            " count(*) FILTER (WHERE status NOT IN ('created', 'done', 'failed'))"
+            " FROM audioshake_items WHERE batch = %s",
             (self.batch,),
         )
-        return int(rows[0][0]), int(rows[0][1])
+        return int(rows[0][0]), int(rows[0][1]), int(rows[0][2])
 
     def _open_ids(self) -> set[str]:
         rows = self._query(
@@ -153,7 +177,9 @@ class SharedListing:
 
     async def sweep(self) -> None:
         """Page the account listing until every task in flight is seen; record each task."""
-        created, creating = await anyio.to_thread.run_sync(self._open_tasks)
+        created, creating, waiting = await anyio.to_thread.run_sync(self._open_tasks)
+        self.creating = waiting > 0
+        self.pages = 0
         if not created and not creating:
             return
         wanted = await anyio.to_thread.run_sync(self._open_ids)
@@ -163,6 +189,7 @@ class SharedListing:
         skip = 0
         for _ in range(limit):
             page = await self.provider.page(skip=skip, take=size)
+            self.pages += 1
             await anyio.to_thread.run_sync(self._record, page)
             wanted -= {t.id for t in page}
             if not wanted or len(page) < size:
@@ -183,8 +210,12 @@ class SharedListing:
         self.round_trips += 1
         return True
 
+    def pause(self) -> float:
+        """Seconds until the next sweep: the last one's pages at the poll share's pace."""
+        return self.polls.sweep_interval(self.pages, creating=self.creating)
+
     async def run(self) -> None:
-        """Try to lead; while leading, sweep every ``interval`` seconds. Never returns."""
+        """Try to lead; while leading, sweep on the poll share's interval. Never returns."""
         while True:
             if self.leader:
                 # A lost session took the lock with it: another worker may lead now.
@@ -201,7 +232,7 @@ class SharedListing:
                     self._leader_db = None
                 except errors.AudioShakeError as exc:
                     logger.info("listing sweep failed: %s", exc)
-            await anyio.sleep(self.interval)
+            await anyio.sleep(self.pause() if self.leader else self.interval)
 
     def close(self) -> None:
         """Close both sessions (the leader's lock goes with its session)."""

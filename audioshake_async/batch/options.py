@@ -40,7 +40,7 @@ class BatchOptions:
     max_in_flight: int | None = None
     #: Share of the request rate that refreshes (list pages, single reads, webhook
     #: confirmations) may spend while creates are waiting; the rest is the creates'.
-    poll_share: float = 0.1
+    poll_share: float = 0.05
     #: Requests per second of the account's budget; None: the provider's client-side limit
     #: (``request_rate``) when it has one, else the documented 60.
     request_rate: float | None = None

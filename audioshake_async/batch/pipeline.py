@@ -96,7 +96,10 @@ class Pipeline:
         self.poll = options.poll or provider.poll
         rate = options.request_rate or getattr(provider, "request_rate", None)
         self.flow = Flow(
-            options, rate, sweep_bounds=(self.poll.initial_interval, self.poll.max_interval)
+            options,
+            rate,
+            sweep_bounds=(self.poll.initial_interval, self.poll.max_interval),
+            share=lambda: float(getattr(provider, "rate_share", 1.0)),
         )
         self.watcher = Watcher(self)
         self.cwd = os.getcwd()

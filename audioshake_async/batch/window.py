@@ -127,7 +127,7 @@ class PollBudget:
         self,
         rate: float,
         *,
-        share: float = 0.1,
+        share: float = 0.05,
         idle_share: float = 0.9,
         min_interval: float = 1.0,
         max_interval: float = 30.0,

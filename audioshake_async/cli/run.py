@@ -95,6 +95,7 @@ class RunSummary:
             f"time in flight {seconds}; budget: creates {flow.share(flow.create_requests):.0%}, "
             f"uploads {flow.share(flow.upload_requests):.0%}, "
             f"polling {flow.share(flow.poll_requests):.0%} of {flow.rate:g}/s"
+            + (f" (its share: {flow.workers} workers on one budget)" if flow.workers > 1 else "")
         )
 
     def write_json(self, out: TextIO, requests: dict[str, int]) -> None:

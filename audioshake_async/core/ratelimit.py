@@ -105,6 +105,21 @@ def limiter_for(rate_limit: float | Limiter | None) -> Limiter | None:
     return RateLimiter(rate_limit) if rate_limit else None
 
 
+def limiter_rate(limiter: object) -> float | None:
+    """The requests/s a client's limiter allows (its ``rate``), None when unlimited or unknown."""
+    rate = getattr(limiter, "rate", None)
+    return float(rate) if isinstance(rate, int | float) and not isinstance(rate, bool) else None
+
+
+def limiter_share(limiter: object) -> float:
+    """The fraction of its ``rate`` this process may plan on: a shared limiter's ``share``
+    (one of several processes on one account's budget), else 1."""
+    share = getattr(limiter, "share", None)
+    if isinstance(share, int | float) and not isinstance(share, bool) and 0 < share <= 1:
+        return float(share)
+    return 1.0
+
+
 class SlotBook:
     """The slots a shared budget granted this process, as local monotonic times, and its view
     of the pause (used by ``core.ratelimit_pg.PostgresRateLimiter``).

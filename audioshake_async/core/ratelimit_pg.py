@@ -44,6 +44,7 @@ import contextlib
 import hashlib
 import logging
 import math
+import os
 import random
 import time
 from collections import deque
@@ -58,7 +59,7 @@ from .ratelimit import Slot, SlotBook
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["RATE_BUDGET_DDL", "PostgresRateLimiter", "account_for"]
+__all__ = ["RATE_BUDGET_DDL", "RATE_MEMBERS_DDL", "PostgresRateLimiter", "account_for"]
 
 logger = logging.getLogger("audioshake_async")
 
@@ -69,6 +70,15 @@ CREATE TABLE IF NOT EXISTS audioshake_rate_budget (
     next_slot    timestamptz NOT NULL,
     paused_until timestamptz NOT NULL,
     updated_at   timestamptz NOT NULL
+)
+"""
+#: Who shares each budget: every open limiter beats its row (``PostgresRateLimiter.members``).
+RATE_MEMBERS_DDL = """
+CREATE TABLE IF NOT EXISTS audioshake_rate_members (
+    account text NOT NULL,
+    member  text NOT NULL,
+    seen_at timestamptz NOT NULL,
+    PRIMARY KEY (account, member)
 )
 """
 CHANNEL = "audioshake_rate_budget"
@@ -103,7 +113,29 @@ SELECT pg_notify(%(channel)s::text, %(account)s::text || ' '
                  || EXTRACT(EPOCH FROM p.paused_until - clock_timestamp())::float8::text)
 FROM p
 """
+# One statement: this member's beat, and how many others beat lately (the CTE's insert is not
+# visible to the count, hence "others").
+_BEAT = """
+WITH beat AS (
+    INSERT INTO audioshake_rate_members (account, member, seen_at)
+    VALUES (%(account)s, %(member)s, clock_timestamp())
+    ON CONFLICT (account, member) DO UPDATE SET seen_at = excluded.seen_at
+    RETURNING 1
+)
+SELECT count(*) FROM audioshake_rate_members
+WHERE account = %(account)s AND member <> %(member)s
+  AND seen_at > clock_timestamp() - make_interval(secs => %(alive)s)
+"""
+# A member that left or died long ago: its row goes (bounded table; an hour is generous).
+_FORGET = """
+DELETE FROM audioshake_rate_members
+WHERE account = %(account)s AND (member = %(member)s
+      OR seen_at < clock_timestamp() - make_interval(secs => 3600))
+RETURNING 1
+"""
 _QUERY_TIMEOUT = 10.0
+#: Seconds between membership beats; a member unseen for three beats counts as gone.
+MEMBER_BEAT = 5.0
 
 
 def account_for(api_key: str, base_url: str) -> str:
@@ -132,7 +164,12 @@ class PostgresRateLimiter:
     ``account`` when given, else by :func:`account_for` of ``api_key`` and ``base_url``.
     ``block`` caps the slots reserved per round trip (default ``rate / 10``); ``burst`` is the
     GCRA burst (default 1: no 1-second window above ``rate``); ``jitter`` the delay, in
-    seconds, a request may leave with after its slot (see the module notes). ``round_trips``
+    seconds, a request may leave with after its slot (see the module notes).
+
+    Every open limiter beats a row of ``audioshake_rate_members`` every ``MEMBER_BEAT`` s, so
+    :attr:`members` tells how many processes share the budget now (one that stopped beating
+    for three beats is gone) and :attr:`share` the fraction each may plan on: a batch sizes
+    its in-flight window and poll share from ``rate x share``. ``round_trips``
     counts the statements sent (for the benchmark); ``slots_granted``/``slots_wasted`` what
     they brought.
     """
@@ -196,6 +233,10 @@ class PostgresRateLimiter:
         self._room = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
         self._publisher: asyncio.Task[None] | None = None
+        self._beater: asyncio.Task[None] | None = None
+        #: This process's name in the members table (random: never the host or the pid).
+        self.member = os.urandom(8).hex()
+        self._members = 1
         self._pending_pause = -math.inf  # a local deadline not yet written to the row
         self._opened = False
         self._closed = False
@@ -213,6 +254,16 @@ class PostgresRateLimiter:
     def slots_wasted(self) -> int:
         """Granted slots never used (voided by a pause, or left unused past their time)."""
         return self._book.wasted
+
+    @property
+    def members(self) -> int:
+        """Processes sharing this budget, this one included (as of the last beat)."""
+        return self._members
+
+    @property
+    def share(self) -> float:
+        """The fraction of ``rate`` this process may plan on: ``1 / members``."""
+        return 1.0 / self._members
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -242,16 +293,44 @@ class PostgresRateLimiter:
             ) from None
         if not self._opened:  # two first requests may both have opened: one listener
             self._opened = True
-            self._listener = asyncio.get_running_loop().create_task(self._listen())
+            loop = asyncio.get_running_loop()
+            self._listener = loop.create_task(self._listen())
+            self._beater = loop.create_task(self._beat_forever())
+            # Known before the first request: the first batch window is sized on it.
+            await asyncio.sleep(0)
+            await self._beat_once()
+
+    async def _beat_once(self) -> None:
+        params = {"account": self.account, "member": self.member, "alive": 3 * MEMBER_BEAT}
+        try:
+            row, _, _ = await asyncio.wait_for(self._execute(_BEAT, params), _QUERY_TIMEOUT)
+        except (TimeoutError, errors.ConfigurationError) as exc:
+            logger.info("shared rate limit: membership beat failed: %s", _describe(exc))
+            return
+        if row is not None:
+            self._members = 1 + int(row[0])
+
+    async def _beat_forever(self) -> None:
+        while not self._closed:
+            await asyncio.sleep(MEMBER_BEAT)
+            await self._beat_once()
 
     async def aclose(self) -> None:
         """Stop listening and close the connections; pending waiters get ConfigurationError."""
+        tasks = (self._listener, self._publisher, self._refilling, self._beater)
+        conn = self._conn
         self._closed = True
-        for task in (self._listener, self._publisher, self._refilling):
+        for task in tasks:
             if task is not None and not task.done():
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
+        if conn is not None and not conn.closed:
+            # Leave at once (the others' next beat sees it), not after three missed beats.
+            with contextlib.suppress(Exception):
+                params = {"account": self.account, "member": self.member}
+                await asyncio.wait_for(self._fetch_one(conn, _FORGET, params), 2.0)
+                self.round_trips += 1
         await self._drop(self._conn)
 
     # ------------------------------------------------------------------ the Limiter protocol
@@ -412,11 +491,13 @@ class PostgresRateLimiter:
                 raced = (self._pg.errors.UniqueViolation, self._pg.errors.DuplicateTable)
                 with contextlib.suppress(*raced):
                     await conn.execute(RATE_BUDGET_DDL)
+                with contextlib.suppress(*raced):
+                    await conn.execute(RATE_MEMBERS_DDL)
                 await conn.execute(_ENSURE_ROW, {"account": self.account})
             except BaseException:
                 await conn.close()
                 raise
-            self.round_trips += 2
+            self.round_trips += 3
             self._conn = conn
             return self._conn
 

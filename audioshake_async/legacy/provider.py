@@ -17,6 +17,7 @@ import attrs
 
 from .. import errors
 from ..batch.inputs import AUDIO_EXTENSIONS
+from ..core.ratelimit import limiter_rate, limiter_share
 from ..core.sink import OutputWriter, StoredOutput
 from ..core.upload import prepare_upload
 from ..models import MAX_METADATA_LENGTH, Output, Target, Task, validate_targets
@@ -133,9 +134,12 @@ class LegacyProvider:
     @property
     def request_rate(self) -> float | None:
         """The client's rate limit in requests/s (the batch's budget), None when unlimited."""
-        limiter = self.client.transport.limiter
-        rate = getattr(limiter, "rate", None)
-        return float(rate) if isinstance(rate, int | float) else None
+        return limiter_rate(self.client.transport.limiter)
+
+    @property
+    def rate_share(self) -> float:
+        """The fraction of that budget this process may plan on (shared budgets: 1/members)."""
+        return limiter_share(self.client.transport.limiter)
 
     def __repr__(self) -> str:
         return f"LegacyProvider({self.client!r})"

@@ -12,6 +12,7 @@ from typing import Any
 from .. import errors
 from ..batch.inputs import AUDIO_EXTENSIONS
 from ..core.files import json_bytes
+from ..core.ratelimit import limiter_rate, limiter_share
 from ..core.sink import OutputWriter, StoredOutput
 from ..core.upload import prepare_upload
 from ..models import (
@@ -100,9 +101,12 @@ class MusicAIProvider:
     @property
     def request_rate(self) -> float | None:
         """The client's rate limit in requests/s (the batch's budget), None when unlimited."""
-        limiter = self.client.transport.limiter
-        rate = getattr(limiter, "rate", None)
-        return float(rate) if isinstance(rate, int | float) else None
+        return limiter_rate(self.client.transport.limiter)
+
+    @property
+    def rate_share(self) -> float:
+        """The fraction of that budget this process may plan on (shared budgets: 1/members)."""
+        return limiter_share(self.client.transport.limiter)
 
     def check_targets(self, targets: Sequence[Target]) -> tuple[Target, ...]:
         """Exactly one target: its ``model`` is the workflow slug."""
