@@ -332,6 +332,10 @@ async def test_one_listing_reader_serves_every_worker(
         assert sum(s["done"] for s in summaries) == 45
         listers = [s for s in summaries if s["api_requests"].get("GET /tasks", 0) > 0]
         assert len(listers) == 1, [s["api_requests"] for s in summaries]
+        # A task the leader has not listed yet waits for its next sweep: no worker reads its
+        # new tasks one by one (that would be a request per task on top of the pages).
+        single = sum(s["api_requests"].get("GET /tasks/{id}", 0) for s in summaries)
+        assert single == 0, [s["api_requests"] for s in summaries]
         assert emulator.stats()["tasks_created"] == 45
 
 

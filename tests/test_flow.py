@@ -141,3 +141,38 @@ async def test_inputs_are_hashed_from_the_bytes_uploaded(
             assert record.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     finally:
         store.close()
+
+
+class _SilentListing:
+    """A shared listing whose leader never records anything (dead, or cut off)."""
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        self.pages = 0
+
+    async def page(self, *, skip: int, take: int) -> list[object]:
+        self.pages += 1
+        return []
+
+    async def find_token(self, token: str) -> None:
+        return None
+
+
+async def test_a_shared_listing_that_stays_silent_falls_back_to_single_reads(
+    emulator: Emulator, make_wavs: MakeWavs, tmp_path: pathlib.Path
+) -> None:
+    # New tasks wait `grace` for the leader to list them; past it each is read by itself, so
+    # a batch never hangs on a listing that stopped (and reads nothing before the grace).
+    emulator.configure(delay=0.0)
+    inputs = make_wavs(6)
+    listing = _SilentListing(grace=0.5)
+    poll = PollPolicy(initial_interval=0.1, max_interval=0.5)
+    async with AudioShake(
+        emulator.api_key, emulator.base_url, retry=FAST_RETRY, rate_limit=60.0, poll=poll
+    ) as client:
+        with anyio.fail_after(60):
+            results, _ = await run(client, inputs, tmp_path / "out", listing=listing)
+    assert [r.status for r in results] == ["done"] * 6
+    assert listing.pages > 0
+    reads = emulator.stats()["requests"].get("GET /tasks/{id}", 0)
+    assert reads >= 6  # each new task once, at least

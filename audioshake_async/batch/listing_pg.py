@@ -77,8 +77,12 @@ class SharedListing:
         self.creating = True
         #: Pages read by the last sweep.
         self.pages = 0
-        #: Seconds after which a recorded snapshot is too old to stand for a read.
-        self.stale_after = max(30.0, 10 * interval)
+        #: Seconds after which a recorded snapshot is too old to stand for a read: past the
+        #: longest pause between the leader's sweeps, with margin.
+        self.stale_after = max(30.0, 10 * interval, 2 * max_interval)
+        #: A task not recorded yet waits this long for the leader before a worker reads it
+        #: itself (each such read costs the account a request: one per task, were it not).
+        self.grace = self.stale_after
         self._dsn = dsn
         self._lock = threading.Lock()
         self._db: psycopg.Connection[Any] = connect(dsn)

@@ -105,6 +105,10 @@ class Listing(Protocol):
     """Where the watcher reads list pages and token searches look first, instead of the
     provider's own listing (e.g. tasks one leader recorded for many workers)."""
 
+    #: Seconds a new task may be missing from the pages before the watcher reads it by
+    #: itself: the listing's own refresh interval, with margin.
+    grace: float
+
     async def page(self, *, skip: int, take: int) -> list[Task]:
         """Snapshots of tasks in flight, a page at a time."""
 

@@ -249,9 +249,14 @@ class Watcher:
         options = self.pipeline.options
         # With webhooks the deliveries drive the waiting; sweeps are the safety poll.
         floor = options.safety_poll if options.webhooks is not None else None
-        interval = flow.polls.sweep_interval(
-            self._pages_estimate(), creating=flow.creating, floor=floor
-        )
+        if options.listing is not None and floor is None:
+            # Pages of a shared listing come from the database, not the API: no poll budget
+            # to keep to; the leader's own sweeps keep to the account's.
+            interval = flow.polls.min_interval
+        else:
+            interval = flow.polls.sweep_interval(
+                self._pages_estimate(), creating=flow.creating, floor=floor
+            )
         self._sweep_every = interval
         self._next_sweep = now + interval
         await self._refresh([i for i in self.pending.values() if not i.finished], by_list=True)
@@ -293,6 +298,18 @@ class Watcher:
                 {item.task_id for item in due if item.task_id}, self._pages_estimate()
             )
         missing = [item for item in due if item.task_id not in snapshots]
+        shared = options.listing
+        if by_list and shared is not None:
+            # A task the leader has not listed yet will be on its next sweep: reading it here
+            # would cost a request per new task in every worker. Past the grace (no leader, or
+            # its sweeps fall short), and for deliveries to confirm, read it.
+            now = time.monotonic()
+            waiting = {
+                item.task_id
+                for item in missing
+                if now - item.watch.started < shared.grace and not item.watch.hint_keys
+            }
+            missing = [item for item in missing if item.task_id not in waiting]
         limiter = anyio.CapacityLimiter(options.poll_concurrency)
         failures: dict[str, BaseException] = {}
 
