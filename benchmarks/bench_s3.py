@@ -341,6 +341,7 @@ def render(
     count: int,
     size: int,
     argv: list[str],
+    info: dict[str, str],
     load_end: str,
 ) -> str:
     def per_item(kind: str) -> float:
@@ -349,7 +350,7 @@ def render(
     lines = [
         "## Catalogs in object storage (s3:// inputs and outputs)",
         "",
-        machine_line(machine_info(), load_end),
+        machine_line(info, load_end),
         f"Command: `{command_line('benchmarks/bench_s3.py', argv)}`. Same catalog ({count:,} "
         "tiny WAVs, targets vocals + drums) as local files and as objects in moto's S3 server; "
         "a fresh emulator at its documented 60 requests/s for each run; requests counted by "
@@ -450,10 +451,11 @@ def main(argv: list[str] | None = None) -> int:
     count = args.items or (60 if args.quick else 1200)
     size = (args.size_mib or (64 if args.quick else 1024)) * MIB
     reps = args.reps or (1 if args.quick else 3)
+    info = machine_info()  # the load average at the start (machine_line adds the end's)
     with tempfile.TemporaryDirectory(prefix="bench-s3-") as tmp:
         batch = measure_batch(count, pathlib.Path(tmp))
         transfer = measure_transfer(size, reps, pathlib.Path(tmp))
-    text = render(batch, transfer, count, size, argv, loadavg())
+    text = render(batch, transfer, count, size, argv, info, loadavg())
     print(text)
     if args.write:
         write_section("s3", text, results_file(args.quick))
