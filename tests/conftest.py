@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import pathlib
 import struct
+import warnings
 import wave
 from collections.abc import AsyncIterator, Callable, Iterator
 
@@ -34,6 +36,31 @@ def write_wav(
         handle.setsampwidth(2)
         handle.setframerate(rate)
         handle.writeframes(bytes(frames))
+
+
+@pytest.fixture(autouse=True)
+def _no_idle_event_loop() -> None:
+    """Close the idle event loop pytest-asyncio (0.25 to 1.3) leaves set after an async test.
+
+    Its event_loop fixture ends by setting a fresh, unclosed loop as the current one (so that a
+    later ``asyncio.get_event_loop()`` does not return a closed loop). A sync test that calls
+    ``asyncio.run`` (the CLI's ``main``) replaces that loop without closing it, and the garbage
+    collector later reports its self-pipe socket as a ResourceWarning in whichever test is
+    running then. pytest-asyncio 1.4 no longer sets one; the floor, 0.25.1, does. Runs before
+    the test's own event loop is created; a running loop or one of pytest-asyncio's own
+    fixture loops is left alone.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        policy = asyncio.get_event_loop_policy()
+        try:
+            loop = policy.get_event_loop()
+        except RuntimeError:  # none set (set_event_loop(None), or not the main thread)
+            return
+    if loop.is_running() or getattr(loop, "__pytest_asyncio", False):
+        return
+    loop.close()
+    policy.set_event_loop(None)
 
 
 @pytest.fixture

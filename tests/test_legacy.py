@@ -137,6 +137,25 @@ async def test_upload_job_wait_download_usage(
     assert client.request_counts["POST /job"] == 1
 
 
+async def test_download_reports_progress_per_file(
+    client: LegacyClient, wav: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    asset = await client.upload(wav)
+    done = await client.wait((await client.create_job(asset.id, "vocals", "wav")).id, timeout=30)
+    seen: dict[str, list[tuple[int, int | None]]] = {}
+    files = await client.download(
+        done,
+        tmp_path / "out",
+        progress=lambda name, got, total: seen.setdefault(name, []).append((got, total)),
+    )
+    # The same (file name, received, total) calls as AudioShake.download makes.
+    assert sorted(seen) == [p.name for p in files] == ["vocals.wav"]
+    size = files[0].stat().st_size
+    calls = seen["vocals.wav"]
+    assert calls[-1] == (size, size), calls[-3:]
+    assert [got for got, _ in calls] == sorted(got for got, _ in calls)
+
+
 async def test_upload_link_and_a_job_on_it(
     emu: LegacyEmulator, client: LegacyClient, wav: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:

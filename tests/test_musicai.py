@@ -175,6 +175,27 @@ async def test_upload_create_wait_download(
     assert not list((tmp_path / "out").glob(".*"))  # no part file left behind
 
 
+async def test_download_reports_progress_per_file(
+    client: MusicAI, wav: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    job = await run_job(client, wav)
+    seen: dict[str, list[tuple[int, int | None]]] = {}
+    saved = await client.download(
+        job,
+        tmp_path / "out",
+        progress=lambda name, got, total: seen.setdefault(name, []).append((got, total)),
+    )
+    # The same (file name, received, total) calls as AudioShake.download makes; result.json
+    # is written locally, not downloaded, so it reports nothing.
+    names = sorted(p.name for p in saved.files.values())
+    assert sorted(seen) == names == ["accompaniment.wav", "vocals.wav"]
+    for path in saved.files.values():
+        calls = seen[path.name]
+        size = path.stat().st_size
+        assert calls[-1] == (size, size), calls[-3:]
+        assert [got for got, _ in calls] == sorted(got for got, _ in calls)
+
+
 async def test_every_other_endpoint(client: MusicAI, emu: MusicAIEmulator) -> None:
     app = await client.application()
     assert app.name == "Emulated application" and app.id

@@ -27,6 +27,7 @@ from .sink import OutputWriter, StoredOutput
 from .transport import Timeouts, Transport
 
 __all__ = [
+    "FilesProgress",
     "ServiceClient",
     "Wakeups",
     "check_rate_limit",
@@ -43,6 +44,10 @@ S = TypeVar("S", bound="ServiceClient")
 #: HINT_RETRY_BASE seconds: 0.25 + 0.5 + ... + 8 s, then the regular interval again.
 HINT_RETRIES = 6
 HINT_RETRY_BASE = 0.25
+
+#: ``download(..., progress=)`` of every client: (file name, bytes received so far, total bytes
+#: or None), the name being the file's final name in the destination directory.
+FilesProgress = Callable[[str, int, "int | None"], None]
 
 #: Subscribes a callback to "something changed, read again now" signals (webhook deliveries);
 #: returns the function that unsubscribes it.
@@ -303,18 +308,35 @@ async def walk_pages(
         number += 1
 
 
+def per_file_progress(
+    progress: FilesProgress | None, path: pathlib.Path
+) -> DownloadProgress | None:
+    """``progress`` bound to one file: called with ``path``'s name before its byte counts."""
+    if progress is None:
+        return None
+    callback, name = progress, path.name
+
+    def report(received: int, total: int | None) -> None:
+        callback(name, received, total)
+
+    return report
+
+
 async def download_all(
     planned: Sequence[tuple[Output, pathlib.Path]],
-    fetch: Callable[[Output, pathlib.Path], Awaitable[DownloadedFile]],
+    fetch: Callable[[Output, pathlib.Path, DownloadProgress | None], Awaitable[DownloadedFile]],
     *,
     concurrency: int,
+    progress: FilesProgress | None = None,
 ) -> list[pathlib.Path]:
     """Download each output to its planned path concurrently; the paths in ``planned`` order.
 
     Plan the paths with :func:`~audioshake_async.core.files.plan_output_paths` (a server-sent
     name never writes outside the directory). Each file lands atomically; one failure (a
     network error, a full disk) fails that file only: the others are still written, then
-    :class:`~audioshake_async.errors.DownloadError` lists every failure.
+    :class:`~audioshake_async.errors.DownloadError` lists every failure. ``fetch`` gets the
+    file's share of ``progress`` (``progress(file_name, received, total)``, see
+    :data:`FilesProgress`), or None without one.
     """
     written: dict[int, pathlib.Path] = {}
     failures: list[str] = []
@@ -323,7 +345,7 @@ async def download_all(
     async def one(index: int, output: Output, path: pathlib.Path) -> None:
         async with limiter:
             try:
-                done = await fetch(output, path)
+                done = await fetch(output, path, per_file_progress(progress, path))
             except (errors.AudioShakeError, OSError) as exc:
                 failures.append(f"{output.filename}: {exc}")
             else:

@@ -27,7 +27,7 @@ from ..core.http import (
     require_id,
 )
 from ..core.ratelimit import Limiter
-from ..core.service import ServiceClient, download_all, poll_until, secret_from
+from ..core.service import FilesProgress, ServiceClient, download_all, poll_until, secret_from
 from ..core.sink import OutputWriter, StoredOutput
 from ..core.transport import Retry
 from ..core.upload import ProgressCallback, prepare_upload
@@ -359,12 +359,15 @@ class LegacyClient(ServiceClient):
         *,
         concurrency: int = 4,
         checksum: bool = False,
+        progress: FilesProgress | None = None,
     ) -> list[pathlib.Path]:
         """Download every output of a completed job into ``destination`` (``vocals.wav``...).
 
         Names are sanitized (a server-sent name never writes outside ``destination``); each file
         lands atomically; failures are collected into one
         :class:`~audioshake_async.errors.DownloadError` after the others are written.
+        ``progress(file_name, received, total)`` is called as bytes arrive, as in
+        :meth:`audioshake_async.AudioShake.download`.
         """
         if isinstance(job, str):
             job = await self.get_job(job)
@@ -372,11 +375,15 @@ class LegacyClient(ServiceClient):
             raise errors.ValidationError(f"job {job.id} is {job.status!r}, not completed")
         finished = job
 
-        async def fetch(output: Output, path: pathlib.Path) -> DownloadedFile:
-            return await self.fetch_output(finished, output, path, checksum=checksum)
+        async def fetch(
+            output: Output, path: pathlib.Path, report: DownloadProgress | None
+        ) -> DownloadedFile:
+            return await self.fetch_output(
+                finished, output, path, checksum=checksum, progress=report
+            )
 
         planned = plan_output_paths(job.outputs, pathlib.Path(destination))
-        return await download_all(planned, fetch, concurrency=concurrency)
+        return await download_all(planned, fetch, concurrency=concurrency, progress=progress)
 
 
 def _is_terminal(job: Job) -> bool:

@@ -24,7 +24,13 @@ from ..core.http import (
     structure_as,
 )
 from ..core.ratelimit import Limiter
-from ..core.service import ServiceClient, download_all, fresh_link_from, secret_from
+from ..core.service import (
+    FilesProgress,
+    ServiceClient,
+    download_all,
+    fresh_link_from,
+    secret_from,
+)
 from ..core.sink import OutputWriter, StoredOutput
 from ..core.upload import ChunkedPayload, ProgressCallback, prepare_upload
 from ..models import Output
@@ -236,6 +242,7 @@ class MusicAI(ServiceClient):
         *,
         concurrency: int = 8,
         checksum: bool = False,
+        progress: FilesProgress | None = None,
     ) -> JobDownload:
         """Download every URL output of a ``SUCCEEDED`` job into ``destination``, concurrently.
 
@@ -246,6 +253,9 @@ class MusicAI(ServiceClient):
         (``"bpm": "64"``, ``"[custom storage]"``) go to ``result.json`` beside the files. If
         some files fail the others are still written, and
         :class:`~audioshake_async.errors.DownloadError` lists the failures.
+        ``progress(file_name, received, total)`` is called as bytes arrive, as in
+        :meth:`audioshake_async.AudioShake.download` (``result.json``,
+        written locally, reports nothing).
         """
         if isinstance(job, str):
             job = await self.jobs.get(job)
@@ -265,9 +275,11 @@ class MusicAI(ServiceClient):
             await anyio.to_thread.run_sync(write_json_atomic, result_json, values)
         job_id = job.id
 
-        async def fetch(output: Output, path: pathlib.Path) -> DownloadedFile:
-            return await self.fetch_output(job_id, output, path, checksum=checksum)
+        async def fetch(
+            output: Output, path: pathlib.Path, report: DownloadProgress | None
+        ) -> DownloadedFile:
+            return await self.fetch_output(job_id, output, path, checksum=checksum, progress=report)
 
-        paths = await download_all(planned, fetch, concurrency=concurrency)
+        paths = await download_all(planned, fetch, concurrency=concurrency, progress=progress)
         ordered = {output.name: path for (output, _), path in zip(planned, paths, strict=True)}
         return JobDownload(ordered, values, result_json)

@@ -13,7 +13,13 @@ from ..core.download import DownloadedFile, DownloadLimits, DownloadProgress
 from ..core.files import plan_output_paths
 from ..core.http import DEFAULT_MAX_JSON_BYTES, DEFAULT_RATE_LIMIT, PollPolicy, RetryPolicy
 from ..core.ratelimit import Limiter
-from ..core.service import ServiceClient, download_all, fresh_link_from, secret_from
+from ..core.service import (
+    FilesProgress,
+    ServiceClient,
+    download_all,
+    fresh_link_from,
+    secret_from,
+)
 from ..core.sink import OutputWriter, StoredOutput
 from ..models import Output, Target, Task
 from .resources import AssetsResource, ModelsResource, TasksResource, WebhooksResource
@@ -26,9 +32,6 @@ if TYPE_CHECKING:
     from .provider import AudioShakeProvider
 
 __all__ = ["ENV_API_KEY", "ENV_BASE_URL", "AudioShake", "FilesProgress"]
-
-#: ``client.download`` progress: (file name, bytes received so far, total bytes or None).
-FilesProgress = Callable[[str, int, "int | None"], None]
 
 ENV_API_KEY = "AUDIOSHAKE_API_KEY"
 ENV_BASE_URL = "AUDIOSHAKE_BASE_URL"
@@ -171,20 +174,15 @@ class AudioShake(ServiceClient):
             task = await self.tasks.get(task)
         finished = task
 
-        async def fetch(output: Output, path: pathlib.Path) -> DownloadedFile:
-            report: DownloadProgress | None = None
-            if progress is not None:
-                callback, name = progress, path.name
-
-                def report(received: int, total: int | None) -> None:
-                    callback(name, received, total)
-
+        async def fetch(
+            output: Output, path: pathlib.Path, report: DownloadProgress | None
+        ) -> DownloadedFile:
             return await self.fetch_output(
                 finished, output, path, checksum=checksum, progress=report
             )
 
         planned = plan_output_paths(task.outputs, pathlib.Path(destination))
-        return await download_all(planned, fetch, concurrency=concurrency)
+        return await download_all(planned, fetch, concurrency=concurrency, progress=progress)
 
     # ------------------------------------------------------------------ batch
 
