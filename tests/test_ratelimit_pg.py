@@ -26,14 +26,14 @@ from aiohttp import web
 from audioshake_async import errors
 from audioshake_async.core.ratelimit import SlotBook
 from audioshake_async.core.ratelimit_pg import (
-    _ENSURE_ROW,
-    _PAUSE,
-    _RESERVE,
     CHANNEL,
     RATE_BUDGET_DDL,
     PostgresRateLimiter,
     account_for,
 )
+from audioshake_async.core.ratelimit_pg_sql import ENSURE_ROW as _ENSURE_ROW
+from audioshake_async.core.ratelimit_pg_sql import PAUSE as _PAUSE
+from audioshake_async.core.ratelimit_pg_sql import RESERVE as _RESERVE
 
 from ._servers import base_url, free_port, serve
 

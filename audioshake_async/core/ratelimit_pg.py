@@ -53,8 +53,10 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from .. import errors
+from . import ratelimit_pg_sql as sql
 from .http import normalize_base_url, origin
 from .ratelimit import Slot, SlotBook
+from .ratelimit_pg_sql import CHANNEL, RATE_BUDGET_DDL, RATE_MEMBERS_DDL
 
 if TYPE_CHECKING:
     import psycopg
@@ -63,76 +65,6 @@ __all__ = ["RATE_BUDGET_DDL", "RATE_MEMBERS_DDL", "PostgresRateLimiter", "accoun
 
 logger = logging.getLogger("audioshake_async")
 
-#: The table, for the journal's schema migration to fold in; created idempotently on open.
-RATE_BUDGET_DDL = """
-CREATE TABLE IF NOT EXISTS audioshake_rate_budget (
-    account      text PRIMARY KEY,
-    next_slot    timestamptz NOT NULL,
-    paused_until timestamptz NOT NULL,
-    updated_at   timestamptz NOT NULL
-)
-"""
-#: Who shares each budget: every open limiter beats its row (``PostgresRateLimiter.members``).
-RATE_MEMBERS_DDL = """
-CREATE TABLE IF NOT EXISTS audioshake_rate_members (
-    account text NOT NULL,
-    member  text NOT NULL,
-    seen_at timestamptz NOT NULL,
-    PRIMARY KEY (account, member)
-)
-"""
-CHANNEL = "audioshake_rate_budget"
-
-_ENSURE_ROW = """
-INSERT INTO audioshake_rate_budget (account, next_slot, paused_until, updated_at)
-VALUES (%(account)s, clock_timestamp(), to_timestamp(0), clock_timestamp())
-ON CONFLICT (account) DO NOTHING
-"""
-# One statement, one clock reading (the FROM item is evaluated once): the block starts at the
-# next free slot, never before now - tolerance, never inside a pause.
-_RESERVE = """
-UPDATE audioshake_rate_budget AS b
-SET next_slot = GREATEST(b.next_slot, c.now - make_interval(secs => %(tolerance)s),
-                         b.paused_until) + make_interval(secs => %(span)s),
-    updated_at = c.now
-FROM (SELECT clock_timestamp() AS now) AS c
-WHERE b.account = %(account)s
-RETURNING EXTRACT(EPOCH FROM b.next_slot - c.now)::float8,
-          EXTRACT(EPOCH FROM b.paused_until - c.now)::float8
-"""
-_PAUSE = """
-WITH p AS (
-    UPDATE audioshake_rate_budget
-    SET paused_until = GREATEST(paused_until,
-                                clock_timestamp() + make_interval(secs => %(seconds)s)),
-        updated_at = clock_timestamp()
-    WHERE account = %(account)s
-    RETURNING paused_until
-)
-SELECT pg_notify(%(channel)s::text, %(account)s::text || ' '
-                 || EXTRACT(EPOCH FROM p.paused_until - clock_timestamp())::float8::text)
-FROM p
-"""
-# One statement: this member's beat, and how many others beat lately (the CTE's insert is not
-# visible to the count, hence "others").
-_BEAT = """
-WITH beat AS (
-    INSERT INTO audioshake_rate_members (account, member, seen_at)
-    VALUES (%(account)s, %(member)s, clock_timestamp())
-    ON CONFLICT (account, member) DO UPDATE SET seen_at = excluded.seen_at
-    RETURNING 1
-)
-SELECT count(*) FROM audioshake_rate_members
-WHERE account = %(account)s AND member <> %(member)s
-  AND seen_at > clock_timestamp() - make_interval(secs => %(alive)s)
-"""
-# A member that left or died long ago: its row goes (bounded table; an hour is generous).
-_FORGET = """
-DELETE FROM audioshake_rate_members
-WHERE account = %(account)s AND (member = %(member)s
-      OR seen_at < clock_timestamp() - make_interval(secs => 3600))
-RETURNING 1
-"""
 _QUERY_TIMEOUT = 10.0
 #: Seconds between membership beats; a member unseen for three beats counts as gone.
 MEMBER_BEAT = 5.0
@@ -303,7 +235,9 @@ class PostgresRateLimiter:
     async def _beat_once(self) -> None:
         params = {"account": self.account, "member": self.member, "alive": 3 * MEMBER_BEAT}
         try:
-            row, _, _ = await asyncio.wait_for(self._execute(_BEAT, params), _QUERY_TIMEOUT)
+            row, _, _ = await asyncio.wait_for(
+                self._execute(sql.MEMBER_BEAT_SQL, params), _QUERY_TIMEOUT
+            )
         except (TimeoutError, errors.ConfigurationError) as exc:
             logger.info("shared rate limit: membership beat failed: %s", _describe(exc))
             return
@@ -329,7 +263,7 @@ class PostgresRateLimiter:
             # Leave at once (the others' next beat sees it), not after three missed beats.
             with contextlib.suppress(Exception):
                 params = {"account": self.account, "member": self.member}
-                await asyncio.wait_for(self._fetch_one(conn, _FORGET, params), 2.0)
+                await asyncio.wait_for(self._fetch_one(conn, sql.MEMBER_FORGET_SQL, params), 2.0)
                 self.round_trips += 1
         await self._drop(self._conn)
 
@@ -413,10 +347,10 @@ class PostgresRateLimiter:
         params = {"account": self.account, "tolerance": self._tolerance}
         params["span"] = count * self.interval
         while True:
-            row, sent, received = await self._execute(_RESERVE, params)
+            row, sent, received = await self._execute(sql.RESERVE, params)
             if row is not None:
                 break
-            await self._execute(_ENSURE_ROW, {"account": self.account})  # the row was deleted
+            await self._execute(sql.ENSURE_ROW, {"account": self.account})  # the row was deleted
         self._recent_round_trips.append(received - sent)
         self._book.add_block(sent, received, float(row[0]), float(row[1]), count)
 
@@ -436,7 +370,7 @@ class PostgresRateLimiter:
                 target = self._pending_pause
                 seconds = target - self._clock()
                 await self._execute(
-                    _PAUSE, {"account": self.account, "seconds": seconds, "channel": CHANNEL}
+                    sql.PAUSE, {"account": self.account, "seconds": seconds, "channel": CHANNEL}
                 )
                 if self._pending_pause <= target:
                     break
@@ -493,7 +427,7 @@ class PostgresRateLimiter:
                     await conn.execute(RATE_BUDGET_DDL)
                 with contextlib.suppress(*raced):
                     await conn.execute(RATE_MEMBERS_DDL)
-                await conn.execute(_ENSURE_ROW, {"account": self.account})
+                await conn.execute(sql.ENSURE_ROW, {"account": self.account})
             except BaseException:
                 await conn.close()
                 raise
