@@ -20,6 +20,7 @@ import sys
 import time
 from typing import Any
 
+import anyio
 import pytest
 from aiohttp import web
 
@@ -283,6 +284,28 @@ async def test_a_closed_limiter_refuses(pg_dsn: str) -> None:
         pass
     with pytest.raises(errors.ConfigurationError, match="closed"):
         await limiter.acquire()
+
+
+async def test_closing_while_the_listener_waits_for_notifications_returns(pg_dsn: str) -> None:
+    # psycopg before 3.3 cannot cancel a task waiting in notifies() until a notification
+    # arrives: aclose() sends one. Without it this hung forever at the psycopg floor.
+    for attempt in range(5):
+        limiter = PostgresRateLimiter(pg_dsn, account=f"l{attempt}")
+        await limiter.open()
+        # autocommit: a transaction would see one cached snapshot of pg_stat_activity.
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            for _ in range(200):  # until the listener's LISTEN is in (no timing assumed)
+                row = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN %%'"
+                ).fetchone()
+                if row and row[0] >= 1:
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                pytest.fail("the listener never listened")
+        with anyio.fail_after(60):
+            await limiter.aclose()
+        assert limiter._listener is not None and limiter._listener.done()
 
 
 async def _acquire_n(limiter: PostgresRateLimiter, n: int) -> None:

@@ -168,7 +168,7 @@ def test_fixed_concurrency_never_moves() -> None:
     assert fixed.congested() == 4 and fixed.limit == 4
 
 
-def test_a_shared_budget_plans_the_window_and_polls_on_this_process_share() -> None:
+async def test_a_shared_budget_plans_the_window_and_polls_on_this_process_share() -> None:
     # Four workers on one account's 60/s: each plans on 15/s, so the window, the poll budget
     # and the figures follow the share as workers join and leave (no clock, no I/O).
     share = [1.0]

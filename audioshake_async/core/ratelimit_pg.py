@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import math
 import os
@@ -54,9 +53,15 @@ from typing import TYPE_CHECKING, Any
 
 from .. import errors
 from . import ratelimit_pg_sql as sql
-from .http import normalize_base_url, origin
 from .ratelimit import Slot, SlotBook
-from .ratelimit_pg_sql import CHANNEL, RATE_BUDGET_DDL, RATE_MEMBERS_DDL
+from .ratelimit_pg_sql import (
+    CHANNEL,
+    RATE_BUDGET_DDL,
+    RATE_MEMBERS_DDL,
+    account_for,
+)
+from .ratelimit_pg_sql import describe as _describe
+from .ratelimit_pg_sql import driver as _psycopg
 
 if TYPE_CHECKING:
     import psycopg
@@ -68,23 +73,6 @@ logger = logging.getLogger("audioshake_async")
 _QUERY_TIMEOUT = 10.0
 #: Seconds between membership beats; a member unseen for three beats counts as gone.
 MEMBER_BEAT = 5.0
-
-
-def account_for(api_key: str, base_url: str) -> str:
-    """The row key of an account: a SHA-256 of the API origin and key (never the key itself)."""
-    scheme, host, port = origin(normalize_base_url(base_url))
-    material = f"{scheme}://{host}:{port}\n{api_key}".encode()
-    return hashlib.sha256(material).hexdigest()
-
-
-def _psycopg() -> Any:
-    try:
-        import psycopg
-    except ImportError:
-        raise errors.ConfigurationError(
-            "PostgresRateLimiter needs psycopg 3: pip install 'audioshake-async[postgres]'"
-        ) from None
-    return psycopg
 
 
 class PostgresRateLimiter:
@@ -255,10 +243,8 @@ class PostgresRateLimiter:
         conn = self._conn
         self._closed = True
         for task in tasks:
-            if task is not None and not task.done():
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
+            if task is not None:
+                await self._stop(task, conn)
         if conn is not None and not conn.closed:
             # Leave at once (the others' next beat sees it), not after three missed beats.
             with contextlib.suppress(Exception):
@@ -266,6 +252,20 @@ class PostgresRateLimiter:
                 await asyncio.wait_for(self._fetch_one(conn, sql.MEMBER_FORGET_SQL, params), 2.0)
                 self.round_trips += 1
         await self._drop(self._conn)
+
+    async def _stop(self, task: asyncio.Future[Any], conn: Any) -> None:
+        # Bounded: a task that will not end is left behind, never waited for forever.
+        for _ in range(3):
+            if task.done():
+                return
+            if task is self._listener and conn is not None and not conn.closed:
+                # psycopg before 3.3 cannot cancel a task waiting in notifies() until a
+                # notification arrives: send one.
+                with contextlib.suppress(Exception):
+                    wake = {"account": self.account, "channel": CHANNEL}
+                    await asyncio.wait_for(self._fetch_one(conn, sql.WAKE, wake), 2.0)
+            task.cancel()
+            await asyncio.wait({task}, timeout=1.0)
 
     # ------------------------------------------------------------------ the Limiter protocol
 
@@ -397,8 +397,11 @@ class PostgresRateLimiter:
                 )
                 await conn.execute(f"LISTEN {CHANNEL}")
                 delay = 0.05
-                async for note in conn.notifies():
-                    self._on_notify(note.payload)
+                # Closed explicitly: the generator holds the connection's lock (psycopg 3.1),
+                # so a cancelled loop must release it before close() below can take it.
+                async with contextlib.aclosing(conn.notifies()) as notes:
+                    async for note in notes:
+                        self._on_notify(note.payload)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -490,8 +493,3 @@ class PostgresRateLimiter:
                 delay = min(2.0, delay * 2)
             except self._pg.Error as exc:  # not the connection: a schema or permission problem
                 raise errors.ConfigurationError(f"shared rate budget: {_describe(exc)}") from None
-
-
-def _describe(exc: BaseException) -> str:
-    first = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {first[0]}" if first else type(exc).__name__

@@ -1,9 +1,16 @@
-"""The SQL of the shared rate budget (``core.ratelimit_pg``): its tables and statements.
+"""The database side of the shared rate budget (``core.ratelimit_pg``): its tables,
+statements, row keys and driver helpers.
 
 Every statement reads only the database clock (``clock_timestamp()``), never a worker's.
 """
 
 from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from .. import errors
+from .http import normalize_base_url, origin
 
 __all__ = [
     "CHANNEL",
@@ -14,6 +21,10 @@ __all__ = [
     "RATE_BUDGET_DDL",
     "RATE_MEMBERS_DDL",
     "RESERVE",
+    "WAKE",
+    "account_for",
+    "describe",
+    "driver",
 ]
 
 #: The table, for the journal's schema migration to fold in; created idempotently on open.
@@ -86,3 +97,30 @@ WHERE account = %(account)s AND (member = %(member)s
       OR seen_at < clock_timestamp() - make_interval(secs => 3600))
 RETURNING 1
 """
+# Wakes this account's listeners (a payload that is no pause: they ignore it, and a closing
+# one finds its loop done).
+WAKE = "SELECT pg_notify(%(channel)s::text, %(account)s::text || ' wake')"
+
+
+def account_for(api_key: str, base_url: str) -> str:
+    """The row key of an account: a SHA-256 of the API origin and key (never the key itself)."""
+    scheme, host, port = origin(normalize_base_url(base_url))
+    material = f"{scheme}://{host}:{port}\n{api_key}".encode()
+    return hashlib.sha256(material).hexdigest()
+
+
+def driver() -> Any:
+    """psycopg, or a ConfigurationError naming the extra that installs it."""
+    try:
+        import psycopg
+    except ImportError:
+        raise errors.ConfigurationError(
+            "PostgresRateLimiter needs psycopg 3: pip install 'audioshake-async[postgres]'"
+        ) from None
+    return psycopg
+
+
+def describe(exc: BaseException) -> str:
+    """A driver error in one line (its class and first line: no DSN, no query)."""
+    first = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {first[0]}" if first else type(exc).__name__
