@@ -278,12 +278,12 @@ class Watcher:
         return math.ceil(len(self.pending) / self.pipeline.provider.page_size) + 1
 
     def _list_is_cheaper(self, wanted: int) -> bool:
-        """A list sweep costs about one request per page of tasks in flight."""
-        return (
-            self.pipeline.options.list_refresh
-            and self.pipeline.provider.supports_listing
-            and wanted > 2 * self._pages_estimate()
-        )
+        """A list sweep costs about one request per page of tasks in flight (none at all from
+        a shared listing: its pages come from the database)."""
+        options = self.pipeline.options
+        if not (options.list_refresh and self.pipeline.provider.supports_listing):
+            return False
+        return options.listing is not None or wanted > 2 * self._pages_estimate()
 
     async def _refresh(self, due: list[Item], *, by_list: bool) -> None:
         if not due:
