@@ -71,6 +71,8 @@ __all__ = ["RATE_BUDGET_DDL", "RATE_MEMBERS_DDL", "PostgresRateLimiter", "accoun
 logger = logging.getLogger("audioshake_async")
 
 _QUERY_TIMEOUT = 10.0
+#: Seconds the pause listener waits for notifications before it checks whether it should stop.
+_LISTEN_TICK = 0.25
 #: Seconds between membership beats; a member unseen for three beats counts as gone.
 MEMBER_BEAT = 5.0
 
@@ -244,7 +246,7 @@ class PostgresRateLimiter:
         self._closed = True
         for task in tasks:
             if task is not None:
-                await self._stop(task, conn)
+                await self._stop(task)
         if conn is not None and not conn.closed:
             # Leave at once (the others' next beat sees it), not after three missed beats.
             with contextlib.suppress(Exception):
@@ -253,17 +255,14 @@ class PostgresRateLimiter:
                 self.round_trips += 1
         await self._drop(self._conn)
 
-    async def _stop(self, task: asyncio.Future[Any], conn: Any) -> None:
-        # Bounded: a task that will not end is left behind, never waited for forever.
+    async def _stop(self, task: asyncio.Future[Any]) -> None:
+        # The listener ends by itself within a tick of _closed; the others are cancelled.
+        # Bounded either way: a task that will not end is left behind, never waited forever.
+        if task is self._listener:
+            await asyncio.wait({task}, timeout=2 * _LISTEN_TICK + 1.0)
         for _ in range(3):
             if task.done():
                 return
-            if task is self._listener and conn is not None and not conn.closed:
-                # psycopg before 3.3 cannot cancel a task waiting in notifies() until a
-                # notification arrives: send one.
-                with contextlib.suppress(Exception):
-                    wake = {"account": self.account, "channel": CHANNEL}
-                    await asyncio.wait_for(self._fetch_one(conn, sql.WAKE, wake), 2.0)
             task.cancel()
             await asyncio.wait({task}, timeout=1.0)
 
@@ -397,11 +396,14 @@ class PostgresRateLimiter:
                 )
                 await conn.execute(f"LISTEN {CHANNEL}")
                 delay = 0.05
-                # Closed explicitly: the generator holds the connection's lock (psycopg 3.1),
-                # so a cancelled loop must release it before close() below can take it.
-                async with contextlib.aclosing(conn.notifies()) as notes:
-                    async for note in notes:
-                        self._on_notify(note.payload)
+                while not self._closed:
+                    # A tick at a time, not one endless wait: closing never has to cancel a
+                    # task inside notifies() (that could hang until a notification came).
+                    # Closed explicitly: the generator holds the connection's lock.
+                    notes = conn.notifies(timeout=_LISTEN_TICK)
+                    async with contextlib.aclosing(notes):
+                        async for note in notes:
+                            self._on_notify(note.payload)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

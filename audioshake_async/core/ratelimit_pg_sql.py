@@ -21,7 +21,6 @@ __all__ = [
     "RATE_BUDGET_DDL",
     "RATE_MEMBERS_DDL",
     "RESERVE",
-    "WAKE",
     "account_for",
     "describe",
     "driver",
@@ -97,9 +96,6 @@ WHERE account = %(account)s AND (member = %(member)s
       OR seen_at < clock_timestamp() - make_interval(secs => 3600))
 RETURNING 1
 """
-# Wakes this account's listeners (a payload that is no pause: they ignore it, and a closing
-# one finds its loop done).
-WAKE = "SELECT pg_notify(%(channel)s::text, %(account)s::text || ' wake')"
 
 
 def account_for(api_key: str, base_url: str) -> str:
