@@ -48,6 +48,7 @@ from .journal_pg_schema import (
     read_status,
 )
 from .listing_pg import SharedListing
+from .window import DEFAULT_POLL_SHARE
 
 if TYPE_CHECKING:
     import psycopg
@@ -151,7 +152,7 @@ class PostgresJournal:
         interval: float,
         max_interval: float = 30.0,
         rate: float = 60.0,
-        poll_share: float = 0.05,
+        poll_share: float = DEFAULT_POLL_SHARE,
     ) -> SharedListing:
         """The batch's shared listing (one leader pages the API for every worker, within
         ``poll_share`` of the account's ``rate``)."""

@@ -34,7 +34,7 @@ from ..models import Task
 from .journal_pg_schema import connect, first_line
 from .reconcile import token_of
 from .seam import BatchProvider
-from .window import PollBudget
+from .window import DEFAULT_POLL_SHARE, PollBudget
 
 if TYPE_CHECKING:
     import psycopg
@@ -63,7 +63,7 @@ class SharedListing:
         interval: float = 2.0,
         max_interval: float = 30.0,
         rate: float = 60.0,
-        poll_share: float = 0.05,
+        poll_share: float = DEFAULT_POLL_SHARE,
     ) -> None:
         """``interval``/``max_interval``: the shortest and longest pause between sweeps;
         ``rate``: the account's requests/s, of which the pages spend ``poll_share``."""

@@ -20,6 +20,7 @@ from .. import errors
 from ..core.http import PollPolicy
 from ..storage.s3 import S3Settings
 from .seam import Hints, Listing
+from .window import DEFAULT_POLL_SHARE
 
 __all__ = ["BatchOptionValues", "BatchOptions", "Unpack", "options_with"]
 
@@ -40,7 +41,7 @@ class BatchOptions:
     max_in_flight: int | None = None
     #: Share of the request rate that refreshes (list pages, single reads, webhook
     #: confirmations) may spend while creates are waiting; the rest is the creates'.
-    poll_share: float = 0.05
+    poll_share: float = DEFAULT_POLL_SHARE
     #: Requests per second of the account's budget; None: the provider's client-side limit
     #: (``request_rate``) when it has one, else the documented 60.
     request_rate: float | None = None

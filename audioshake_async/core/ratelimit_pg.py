@@ -219,7 +219,6 @@ class PostgresRateLimiter:
             self._listener = loop.create_task(self._listen())
             self._beater = loop.create_task(self._beat_forever())
             # Known before the first request: the first batch window is sized on it.
-            await asyncio.sleep(0)
             await self._beat_once()
 
     async def _beat_once(self) -> None:
